@@ -1,0 +1,23 @@
+"""What every launcher shares: turning a user mistake into one sentence and exit code 2."""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
+
+from pydreamer.config import ConfigError
+from pydreamer.envs import UnknownEnvError
+from pydreamer.logs import configure_logging
+from pydreamer.tracking import RunNotFoundError
+
+USER_ERRORS = (ConfigError, UnknownEnvError, RunNotFoundError)
+
+
+def run_cli(main: Callable[[list[str]], int], name: str, argv: list[str] | None = None) -> int:
+    configure_logging(name)
+    try:
+        return main(sys.argv[1:] if argv is None else argv)
+    except USER_ERRORS as e:
+        logging.getLogger(name).error('%s', e)
+        print(f'error: {e}', file=sys.stderr)
+        return 2

@@ -1,0 +1,167 @@
+"""Generator process: plays episodes and stores them as episode files in the run's artifact folders.
+
+Worker `w` writes `episodes/<w>/` and, for `split_fraction` of its files, `episodes_eval/<w>/`.
+It plays with the prefill policy until its share of `generator_prefill_steps` is stored, then
+switches to `policy_main` at the next episode boundary, and stops at its share of `n_env_steps`.
+With several env ids it always plays the game with the fewest steps collected so far, and
+every step records `env_id` (the index into the env list). Re-running on the same run resumes:
+episode numbering and step counts continue from the files already stored.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pydreamer.artifacts import ArtifactFolder
+from pydreamer.config import Config
+from pydreamer.envs import Env, first_row, make_env, next_row
+from pydreamer.episodes import EpisodeChunker, EpisodeFile, resume_point, save_episode
+from pydreamer.policies import make_policy
+from pydreamer.tracking import MetricsLogger
+
+log = logging.getLogger(__name__)
+
+
+def env_id_list(env_id) -> list[str]:
+    ids = [env_id] if isinstance(env_id, str) else list(env_id or [])
+    if not ids or not all(isinstance(i, str) and i for i in ids):
+        raise ValueError(f'Config key env_id must be an env id or a list of env ids, got {env_id!r}.')
+    return ids
+
+
+def worker_share(total: int, workers: int, worker: int) -> int:
+    """This worker's part of a total split evenly over all workers (the first ones take the remainder)."""
+    return total // workers + (1 if worker < total % workers else 0)
+
+
+class EpisodeWriter:
+    """Uploads chunker output to the train or eval folder of one worker."""
+
+    def __init__(self, run_id: str, worker: int, split_fraction: float, rng: np.random.Generator):
+        self.train = ArtifactFolder(run_id, f'episodes/{worker}')
+        self.eval = ArtifactFolder(run_id, f'episodes_eval/{worker}')
+        self.split_fraction = split_fraction
+        self.rng = rng
+        self._tmp = tempfile.TemporaryDirectory(prefix='pydreamer-episodes-')
+
+    def existing(self) -> list[EpisodeFile]:
+        return [f for _, f in self.train.list() + self.eval.list()]
+
+    def write(self, files: list[tuple[EpisodeFile, dict]]) -> None:
+        for name, data in files:
+            path = Path(self._tmp.name) / name.name
+            save_episode(path, data)
+            folder = self.eval if self.rng.random() < self.split_fraction else self.train
+            folder.upload(path)
+            path.unlink()
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+
+def run(conf: Config, run_id: str, worker: int) -> None:
+    env_ids = env_id_list(conf.env_id)
+    workers = conf.generator_workers
+    target_steps = worker_share(conf.n_env_steps, workers, worker)
+    prefill_steps = worker_share(conf.generator_prefill_steps, workers, worker)
+    rng = np.random.default_rng(conf.seed * 1000 + worker)
+
+    writer = EpisodeWriter(run_id, worker, conf.split_fraction, rng)
+    episode, steps = resume_point(writer.existing())
+    if steps >= target_steps:
+        log.info('Worker %d already stored %d of its %d steps; nothing to do.', worker, steps, target_steps)
+        writer.close()
+        return
+    if steps:
+        log.info('Resuming worker %d at episode %d with %d steps stored.', worker, episode, steps)
+
+    envs: dict[int, Env] = {}
+    steps_per_game: dict[int, int] = defaultdict(int)
+    chunker = EpisodeChunker(conf.file_min_steps)
+    metrics = MetricsLogger(run_id)
+    pending: list[tuple[dict, int]] = []
+    last_send = time.time()
+    policies = {}
+    bar = tqdm(total=target_steps, initial=steps, desc=f'generator-{worker}', unit='step',
+               mininterval=2.0, position=worker, leave=False)
+    start_time, start_steps = time.time(), steps
+    try:
+        while steps < target_steps:
+            game = min(range(len(env_ids)), key=lambda g: steps_per_game[g])
+            if game not in envs:
+                envs[game] = make_env(env_ids[game], action_repeat=conf.env_action_repeat,
+                                      time_limit=conf.env_time_limit, no_terminal=conf.env_no_terminal,
+                                      seed=conf.seed * 1000 + worker * 100 + game)
+            env = envs[game]
+            policy_name = conf.generator_prefill_policy if steps < prefill_steps else conf.policy_main
+            key = (policy_name, game)
+            if key not in policies:
+                policies[key] = make_policy(policy_name, env.action_dim, seed=int(rng.integers(2 ** 31)))
+            ep_return, ep_steps, files = _play_episode(env, policies[key], game, episode, chunker,
+                                                       target_steps - steps, len(env_ids) > 1)
+            writer.write(files)
+            steps += ep_steps
+            steps_per_game[game] += ep_steps
+            bar.update(ep_steps)
+            fps = (steps - start_steps) / max(1e-6, time.time() - start_time)
+            pending.append(_episode_metrics(env_ids[game], ep_return, ep_steps, steps, fps, policy_name,
+                                            multi_env=len(env_ids) > 1))
+            episode += 1
+            if time.time() - last_send >= conf.metrics_interval:
+                _send(metrics, pending)
+                last_send = time.time()
+    finally:
+        writer.write(chunker.flush())
+        _send(metrics, pending)
+        bar.close()
+        writer.close()
+        for env in envs.values():
+            env.close()
+    log.info('Worker %d stored %d steps in %d episodes.', worker, steps, episode)
+
+
+def _play_episode(env: Env, policy, game: int, episode: int, chunker: EpisodeChunker,
+                  max_rows: int, with_env_id: bool) -> tuple[float, int, list]:
+    """Play one episode (stopping early after `max_rows` stored rows), feeding rows to the chunker.
+
+    Returns the episode return, the number of stored rows (agent steps + the reset row) and the
+    files the chunker emitted.
+    """
+    def store(row: dict) -> list:
+        if with_env_id:
+            row['env_id'] = np.int8(game)
+        return chunker.add(row, episode)
+
+    obs = env.reset()
+    files = store(first_row(obs, env.action_dim))
+    rows, ep_return, reset = 1, 0.0, True
+    while rows < max_rows:
+        action, _ = policy({**obs, 'reset': reset})
+        obs, reward, terminated, truncated = env.step(action)
+        files += store(next_row(obs, action, env.action_dim, reward, terminated))
+        rows, ep_return, reset = rows + 1, ep_return + reward, False
+        if terminated or truncated:
+            break
+    return ep_return, rows, files
+
+
+def _episode_metrics(env_id: str, ep_return: float, ep_steps: int, steps: int, fps: float,
+                     policy_name: str, multi_env: bool) -> tuple[dict, int]:
+    values = {'agent/return': ep_return, 'agent/episode_length': ep_steps, 'agent/steps': steps,
+              'agent/fps': fps, f'agent/policy_{policy_name}': 1.0}
+    if multi_env:
+        game = env_id.split('/')[-1]
+        values.update({f'agent/{game}/return': ep_return, f'agent/{game}/episode_length': ep_steps})
+    return values, steps
+
+
+def _send(metrics: MetricsLogger, pending: list[tuple[dict, int]]) -> None:
+    for values, step in pending:
+        metrics.log(values, step)
+    pending.clear()

@@ -1,0 +1,106 @@
+"""Starting stage processes and waiting for them: the whole job of a launcher.
+
+Children are started with the `spawn` method (safe with torch and threads), each with a
+logging prefix and a bounded number of torch threads so that N processes on a small machine do
+not each start one thread per core and fight over them.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pydreamer.logs import configure_logging
+
+log = logging.getLogger(__name__)
+
+_THREAD_ENV = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS')
+
+
+@dataclass
+class Child:
+    name: str                      # also the log prefix, e.g. 'generator-0' or 'learner'
+    target: Callable[..., Any]     # a module-level function (spawn pickles it by reference)
+    args: tuple = ()
+    ends_job: bool = False         # when this child finishes, the others are stopped and the job ends
+    process: Any = field(default=None, repr=False)
+
+
+def threads_per_process(n_processes: int, configured: int = 0) -> int:
+    return configured if configured > 0 else max(1, (os.cpu_count() or 1) // max(1, n_processes))
+
+
+def _exit_on_sigterm(signum, frame):
+    # SIGTERM from the launcher becomes SystemExit so that `finally` blocks flush buffered data.
+    raise SystemExit(0)
+
+
+def _child_main(name: str, threads: int, target: Callable[..., Any], args: tuple) -> None:
+    configure_logging(name)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    import torch
+    torch.set_num_threads(threads)
+    target(*args)
+
+
+def run_children(children: list[Child], threads: int, poll_seconds: float = 0.5) -> int:
+    """Start the children and wait. Returns 0 on success, 1 when a child failed, 130 on Ctrl-C."""
+    ctx = mp.get_context('spawn')
+    saved_env = {k: os.environ.get(k) for k in _THREAD_ENV}
+    os.environ.update({k: str(threads) for k in _THREAD_ENV})
+    try:
+        for child in children:
+            child.process = ctx.Process(target=_child_main, name=child.name,
+                                        args=(child.name, threads, child.target, child.args))
+            child.process.start()
+            log.info('Started %s (pid %d, %d torch thread%s).', child.name, child.process.pid,
+                     threads, '' if threads == 1 else 's')
+    finally:
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    try:
+        return _wait(children, poll_seconds)
+    except KeyboardInterrupt:
+        log.warning('Interrupted: stopping all processes.')
+        _stop(children)
+        return 130
+
+
+def _wait(children: list[Child], poll_seconds: float) -> int:
+    running = list(children)
+    while running:
+        time.sleep(poll_seconds)
+        for child in list(running):
+            code = child.process.exitcode
+            if code is None:
+                continue
+            running.remove(child)
+            if code != 0:
+                log.error('Process %s failed with exit code %d; stopping the others.', child.name, code)
+                _stop(running)
+                return 1
+            log.info('Process %s finished.', child.name)
+            if child.ends_job:
+                _stop(running)
+                return 0
+    return 0
+
+
+def _stop(children: list[Child], timeout: float = 30.0) -> None:
+    for child in children:
+        if child.process.is_alive():
+            child.process.terminate()
+    deadline = time.time() + timeout
+    for child in children:
+        child.process.join(max(0.0, deadline - time.time()))
+        if child.process.is_alive():
+            log.warning('Process %s did not stop in %.0f s; killing it.', child.name, timeout)
+            child.process.kill()
+            child.process.join()
