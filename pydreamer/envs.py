@@ -1,0 +1,226 @@
+"""Environments behind one small interface, and the step records that generators store.
+
+Accepted ids:
+  MinAtar/<Game>-v0 | -v1   full 6 actions | the game's minimal action set
+  Atari-<Game_Name>         ALE game, 64x64 RGB image, full 18 actions (pydreamer's protocol)
+  AtariGray-<Game_Name>     the same with a 64x64x1 grayscale image
+  anything else             a registered gymnasium id with a 1-D Box observation (`vecobs`)
+
+A step record is written for the reset observation and after every step; action[t] is the
+action that LED to observation t, so the reset row carries a zero action and zero reward:
+
+    call        reset()    step(a0)     step(a1)    ...   step(a_{n-1})
+    obs         o0         o1           o2                on
+    action      0          onehot(a0)   onehot(a1)        onehot(a_{n-1})
+    reward      0          r1           r2                rn
+    terminal    False      False        False             True only for a real game over
+    reset       True       False        False             False
+
+A time limit ends the episode with truncated=True and leaves `terminated` as the game reports
+it, so a game over on the last allowed step is still terminal.
+"""
+
+import functools
+import re
+import warnings
+from collections.abc import Callable
+
+import ale_py
+import cv2
+import gymnasium
+import minatar.gym
+import numpy as np
+from gymnasium.wrappers import AtariPreprocessing
+
+STORED_KEYS = ('image', 'vecobs')
+
+MINATAR_GAMES = ('Asterix', 'Breakout', 'Freeway', 'Seaquest', 'SpaceInvaders')
+MINATAR_CATEGORIES = 11  # empty + Seaquest's 10 channels, the most of any game
+ATARI_IMAGE_SIZE = 64
+
+ObsFn = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+class UnknownEnvError(ValueError):
+    """An environment id that matches none of the accepted forms."""
+
+
+def _unknown_env(env_id: str) -> UnknownEnvError:
+    return UnknownEnvError(
+        f"Unknown environment id {env_id!r}: expected MinAtar/<Game>-v0|v1 with <Game> one of "
+        f"{', '.join(MINATAR_GAMES)}, Atari-<Game> or AtariGray-<Game> with an ALE game name "
+        f"(e.g. Atari-Space_Invaders), or a registered gymnasium id.")
+
+
+@functools.cache
+def _register_envs() -> None:
+    # gymnasium 1.x loads no plugins, so the third-party ids exist only after this.
+    minatar.gym.register_envs()
+    gymnasium.register_envs(ale_py)
+
+
+@functools.cache
+def _ale_ids() -> dict[str, str]:
+    """Lower-case game name without separators -> ALE v5 id, e.g. 'spaceinvaders' -> 'ALE/SpaceInvaders-v5'."""
+    _register_envs()
+    pattern = re.compile(r'ALE/(\w+)-v5')
+    return {m[1].lower(): m[0] for m in map(pattern.fullmatch, gymnasium.registry) if m}
+
+
+class Env:
+    """A discrete-action environment that returns observation dicts and counts agent steps."""
+
+    def __init__(self, env_id: str, env: gymnasium.Env, to_obs: ObsFn, *,
+                 time_limit: int, no_terminal: bool, seed: int | None):
+        self.env_id = env_id
+        self.action_dim = int(env.action_space.n)
+        self._env = env
+        self._to_obs = to_obs
+        self._time_limit = time_limit
+        self._no_terminal = no_terminal
+        self._seed = seed  # only the first reset seeds, so later episodes differ
+        self._steps = 0
+        self._running = False
+
+    def reset(self) -> dict[str, np.ndarray]:
+        obs, _ = self._env.reset(seed=self._seed)
+        self._seed = None
+        self._steps = 0
+        self._running = True
+        return self._to_obs(obs)
+
+    def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool]:
+        if not self._running:
+            raise RuntimeError(f"{self.env_id}: step() needs a running episode; call reset() first.")
+        action = int(action)
+        if not 0 <= action < self.action_dim:
+            raise ValueError(f"{self.env_id}: action {action} is outside 0..{self.action_dim - 1}.")
+        obs, reward, terminated, truncated, _ = self._env.step(action)
+        self._steps += 1
+        if self._no_terminal:
+            # The episode still ends here, but as a cut the world model must not learn as terminal.
+            terminated, truncated = False, truncated or terminated
+        if self._time_limit and self._steps >= self._time_limit:
+            truncated = True
+        self._running = not (terminated or truncated)
+        return self._to_obs(obs), float(reward), bool(terminated), bool(truncated)
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def make_env(env_id: str, *, action_repeat: int = 1, time_limit: int = 0,
+             no_terminal: bool = False, seed: int | None = None) -> Env:
+    """Build the environment for one of the ids in the module docstring."""
+    if action_repeat < 1:
+        raise ValueError(f"action_repeat must be at least 1, got {action_repeat}.")
+    if time_limit < 0:
+        raise ValueError(f"time_limit must be 0 (no limit) or a positive number of agent steps, got {time_limit}.")
+    _register_envs()
+    if env_id.startswith('MinAtar/'):
+        env, to_obs = _make_minatar(env_id, action_repeat)
+    elif env_id.startswith(('Atari-', 'AtariGray-')):
+        env, to_obs = _make_atari(env_id, action_repeat)
+    else:
+        env, to_obs = _make_gymnasium(env_id, action_repeat)
+    return Env(env_id, env, to_obs, time_limit=time_limit, no_terminal=no_terminal, seed=seed)
+
+
+# --- MinAtar
+
+def minatar_image(state: np.ndarray) -> np.ndarray:
+    """(10, 10, C) bool -> (10, 10) uint8: 0 where no channel is active, else 1 + the lowest active channel."""
+    occupied = state.any(axis=-1)
+    first = state.argmax(axis=-1)  # argmax of booleans is the first True
+    return np.where(occupied, first + 1, 0).astype(np.uint8)
+
+
+def _minatar_obs(state: np.ndarray) -> dict[str, np.ndarray]:
+    # The raw state is kept because DQN policies need it; the categorical map loses overlaps.
+    return {'image': minatar_image(state), 'minatar_state': state}
+
+
+def _make_minatar(env_id: str, action_repeat: int) -> tuple[gymnasium.Env, ObsFn]:
+    match = re.fullmatch(r'MinAtar/(\w+)-v([01])', env_id)
+    if not match or match[1] not in MINATAR_GAMES:
+        raise _unknown_env(env_id)
+    if action_repeat != 1:
+        raise ValueError(
+            f"{env_id}: action_repeat must be 1 because a MinAtar step is already one whole game "
+            f"tick with no frames to skip, got {action_repeat}.")
+    with warnings.catch_warnings():
+        # v0 (the full action set) is a deliberate choice, not an outdated version.
+        warnings.filterwarnings('ignore', message='.*is out of date')
+        env = gymnasium.make(env_id)  # minatar defaults: sticky actions 0.1, difficulty ramping
+    return env, _minatar_obs
+
+
+# --- Atari
+
+def _atari_obs(frame: np.ndarray, gray: bool) -> dict[str, np.ndarray]:
+    """(210, 160, 3) max-pooled RGB frame -> the 64x64 image plus the native grayscale screen."""
+    screen_gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    size = (ATARI_IMAGE_SIZE, ATARI_IMAGE_SIZE)
+    if gray:
+        image = cv2.resize(screen_gray, size, interpolation=cv2.INTER_AREA)[:, :, None]
+    else:
+        image = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+    return {'image': image, 'screen_gray': screen_gray}
+
+
+def _make_atari(env_id: str, action_repeat: int) -> tuple[gymnasium.Env, ObsFn]:
+    prefix, _, game = env_id.partition('-')
+    ale_id = _ale_ids().get(game.replace('_', '').lower())
+    if ale_id is None:
+        raise _unknown_env(env_id)
+    env = gymnasium.make(ale_id, frameskip=1, repeat_action_probability=0.25, full_action_space=True)
+    height, width = env.observation_space.shape[:2]
+    # At the native screen size AtariPreprocessing only skips frames, max-pools the last two
+    # and does the no-op reset; resizing and grayscale happen in _atari_obs.
+    env = AtariPreprocessing(env, noop_max=30, frame_skip=action_repeat, screen_size=(width, height),
+                             terminal_on_life_loss=False, grayscale_obs=False)
+    return env, functools.partial(_atari_obs, gray=prefix == 'AtariGray')
+
+
+# --- any other gymnasium id
+
+def _vector_obs(obs: np.ndarray) -> dict[str, np.ndarray]:
+    return {'vecobs': np.asarray(obs, dtype=np.float32)}
+
+
+def _make_gymnasium(env_id: str, action_repeat: int) -> tuple[gymnasium.Env, ObsFn]:
+    if env_id not in gymnasium.registry:
+        raise _unknown_env(env_id)
+    if action_repeat != 1:
+        raise ValueError(
+            f"{env_id}: action_repeat is only implemented for Atari, so it must be 1, got {action_repeat}.")
+    env = gymnasium.make(env_id)
+    if not (isinstance(env.action_space, gymnasium.spaces.Discrete) and env.action_space.start == 0):
+        env.close()
+        raise ValueError(f"{env_id}: expected a Discrete action space starting at 0, got {env.action_space}.")
+    if not (isinstance(env.observation_space, gymnasium.spaces.Box) and len(env.observation_space.shape) == 1):
+        env.close()
+        raise ValueError(f"{env_id}: expected a 1-D Box observation space, got {env.observation_space}.")
+    return env, _vector_obs
+
+
+# --- step records
+
+def _stored(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {key: obs[key].copy() for key in STORED_KEYS if key in obs}
+
+
+def first_row(obs: dict[str, np.ndarray], action_dim: int) -> dict:
+    """The step record of a reset observation: no action led to it."""
+    return {**_stored(obs), 'action': np.zeros(action_dim, np.float32), 'reward': np.float32(0),
+            'terminal': False, 'reset': True}
+
+
+def next_row(obs: dict[str, np.ndarray], action: int, action_dim: int, reward: float, terminated: bool) -> dict:
+    """The step record of the observation that `action` led to."""
+    if not 0 <= action < action_dim:
+        raise ValueError(f"Action {action} is outside 0..{action_dim - 1}.")
+    onehot = np.zeros(action_dim, np.float32)
+    onehot[action] = 1.0
+    return {**_stored(obs), 'action': onehot, 'reward': np.float32(reward),
+            'terminal': bool(terminated), 'reset': False}

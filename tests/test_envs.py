@@ -1,0 +1,195 @@
+import cv2
+import numpy as np
+import pytest
+
+from pydreamer.envs import (
+    MINATAR_CATEGORIES, STORED_KEYS, UnknownEnvError, first_row, make_env, minatar_image, next_row)
+
+MINATAR = {  # game: (channels, size of the minimal action set)
+    'Asterix': (4, 5),
+    'Breakout': (4, 3),
+    'Freeway': (7, 3),
+    'Seaquest': (10, 6),
+    'SpaceInvaders': (6, 4),
+}
+
+
+def play(env, actions, max_steps=10_000):
+    """Reset and step with actions drawn from `actions` until the episode ends; returns the steps."""
+    env.reset()
+    for step in range(1, max_steps + 1):
+        obs, reward, terminated, truncated = env.step(int(actions.integers(env.action_dim)))
+        if terminated or truncated:
+            return step, obs, terminated, truncated
+    raise AssertionError(f"{env.env_id} did not end within {max_steps} steps.")
+
+
+def reference_categorical(state):
+    """The categorical map by its definition, cell by cell."""
+    image = np.zeros(state.shape[:2], np.uint8)
+    for y in range(state.shape[0]):
+        for x in range(state.shape[1]):
+            active = np.flatnonzero(state[y, x])
+            image[y, x] = active[0] + 1 if len(active) else 0
+    return image
+
+
+@pytest.mark.parametrize('version', [0, 1])
+@pytest.mark.parametrize('game', sorted(MINATAR))
+def test_minatar_shapes(game, version):
+    channels, minimal_actions = MINATAR[game]
+    env = make_env(f'MinAtar/{game}-v{version}', seed=0)
+    assert env.action_dim == (6 if version == 0 else minimal_actions)
+    rng = np.random.default_rng(0)
+    obs = env.reset()
+    for _ in range(20):
+        assert obs['image'].shape == (10, 10) and obs['image'].dtype == np.uint8
+        assert obs['minatar_state'].shape == (10, 10, channels) and obs['minatar_state'].dtype == bool
+        assert obs['image'].max() < MINATAR_CATEGORIES
+        np.testing.assert_array_equal(obs['image'], reference_categorical(obs['minatar_state']))
+        obs, reward, terminated, truncated = env.step(int(rng.integers(env.action_dim)))
+        if terminated or truncated:
+            obs = env.reset()
+    env.close()
+
+
+def test_categorical_map_lowest_channel_wins():
+    state = np.zeros((10, 10, 10), bool)
+    state[0, 0, [3, 7]] = True   # overlap: channel 3 wins
+    state[1, 2, [0, 9]] = True   # overlap with the lowest channel
+    state[5, 5, 9] = True        # the highest channel alone
+    state[9, 9, [2, 4, 6]] = True
+    image = minatar_image(state)
+    expected = np.zeros((10, 10), np.uint8)
+    expected[0, 0], expected[1, 2], expected[5, 5], expected[9, 9] = 4, 1, 10, 3
+    np.testing.assert_array_equal(image, expected)
+    np.testing.assert_array_equal(image, reference_categorical(state))
+
+
+@pytest.mark.parametrize(
+    'env_id', ['Atari-Pong', 'Atari-Breakout', 'Atari-Space_Invaders', 'AtariGray-Space_Invaders'])
+def test_atari_shapes(env_id):
+    env = make_env(env_id, action_repeat=4, seed=0)
+    assert env.action_dim == 18
+    channels = 1 if env_id.startswith('AtariGray-') else 3
+    obs = env.reset()
+    for action in [0, 1, 17]:
+        assert obs['image'].shape == (64, 64, channels) and obs['image'].dtype == np.uint8
+        assert obs['screen_gray'].shape == (210, 160) and obs['screen_gray'].dtype == np.uint8
+        if channels == 1:
+            expected = cv2.resize(obs['screen_gray'], (64, 64), interpolation=cv2.INTER_AREA)
+            np.testing.assert_array_equal(obs['image'][:, :, 0], expected)
+        obs, reward, terminated, truncated = env.step(action)
+        assert not (terminated or truncated)
+    env.close()
+
+
+def test_atari_action_repeat_skips_frames():
+    env = make_env('Atari-Pong', action_repeat=4, seed=0)
+    env.reset()
+    ale = env._env.unwrapped.ale
+    start = ale.getEpisodeFrameNumber()
+    env.step(0)
+    assert ale.getEpisodeFrameNumber() - start == 4
+    env.close()
+
+
+def test_seed_reproduces_episode():
+    runs = []
+    for _ in range(2):
+        env = make_env('MinAtar/Seaquest-v0', seed=3)
+        rng = np.random.default_rng(0)
+        images = [env.reset()['image']]
+        for _ in range(30):
+            images.append(env.step(int(rng.integers(6)))[0]['image'])
+        runs.append(np.stack(images))
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_rows():
+    env = make_env('MinAtar/Breakout-v1', seed=0)
+    obs = env.reset()
+    row = first_row(obs, env.action_dim)
+    assert set(row) == {'image', 'action', 'reward', 'terminal', 'reset'}
+    np.testing.assert_array_equal(row['action'], np.zeros(3, np.float32))
+    assert row['action'].dtype == np.float32 and row['reward'] == 0 and row['reward'].dtype == np.float32
+    assert row['reset'] is True and row['terminal'] is False
+    np.testing.assert_array_equal(row['image'], obs['image'])
+    assert not np.shares_memory(row['image'], obs['image'])
+
+    obs, reward, terminated, truncated = env.step(2)
+    row = next_row(obs, 2, env.action_dim, 1.5, True)
+    np.testing.assert_array_equal(row['action'], np.array([0, 0, 1], np.float32))
+    assert row['action'].dtype == np.float32
+    assert row['reward'] == np.float32(1.5) and row['reward'].dtype == np.float32
+    assert row['reset'] is False and row['terminal'] is True
+    assert next_row(obs, 0, 3, 0.0, False)['terminal'] is False
+    with pytest.raises(ValueError, match='outside'):
+        next_row(obs, 3, 3, 0.0, False)
+
+
+def test_rows_keep_only_stored_keys():
+    row = first_row({'vecobs': np.ones(4, np.float32), 'screen_gray': np.zeros((2, 2), np.uint8)}, 2)
+    assert 'vecobs' in row and 'screen_gray' not in row
+    assert set(STORED_KEYS) == {'image', 'vecobs'}
+
+
+def test_time_limit_keeps_real_terminal():
+    def breakout(**kwargs):
+        return make_env('MinAtar/Breakout-v0', seed=0, **kwargs)
+
+    n, _, terminated, truncated = play(breakout(), np.random.default_rng(0))
+    assert terminated and not truncated and n > 1
+
+    steps, _, terminated, truncated = play(breakout(time_limit=n), np.random.default_rng(0))
+    assert steps == n and terminated and truncated
+
+    steps, _, terminated, truncated = play(breakout(time_limit=n - 1), np.random.default_rng(0))
+    assert steps == n - 1 and not terminated and truncated
+
+    steps, _, terminated, truncated = play(breakout(no_terminal=True), np.random.default_rng(0))
+    assert steps == n and not terminated and truncated
+
+
+def test_step_after_episode_end_is_refused():
+    env = make_env('MinAtar/Breakout-v0', seed=0, time_limit=1)
+    with pytest.raises(RuntimeError, match='reset'):
+        env.step(0)
+    env.reset()
+    env.step(0)
+    with pytest.raises(RuntimeError, match='reset'):
+        env.step(0)
+    env.reset()
+    with pytest.raises(ValueError, match='outside'):
+        env.step(6)
+
+
+@pytest.mark.parametrize('env_id', ['MinAtar/Pacman-v0', 'MinAtar/Breakout-v2', 'Atari-Nonexistent', 'Foo-v9'])
+def test_unknown_env_id(env_id):
+    with pytest.raises(UnknownEnvError) as error:
+        make_env(env_id)
+    message = str(error.value)
+    expected = [repr(env_id), 'MinAtar/<Game>-v0|v1', 'SpaceInvaders', 'Atari-<Game>', 'AtariGray-<Game>', 'gymnasium']
+    for part in expected:
+        assert part in message
+
+
+def test_minatar_refuses_action_repeat():
+    with pytest.raises(ValueError, match='action_repeat must be 1'):
+        make_env('MinAtar/Breakout-v0', action_repeat=4)
+
+
+def test_gymnasium_vector_env():
+    env = make_env('CartPole-v1', seed=0)
+    assert env.action_dim == 2
+    obs = env.reset()
+    assert set(obs) == {'vecobs'} and obs['vecobs'].shape == (4,) and obs['vecobs'].dtype == np.float32
+    obs, reward, terminated, truncated = env.step(1)
+    assert obs['vecobs'].dtype == np.float32 and reward == 1.0
+    assert set(next_row(obs, 1, 2, reward, terminated)) == {'vecobs', 'action', 'reward', 'terminal', 'reset'}
+    env.close()
+
+
+def test_gymnasium_continuous_actions_refused():
+    with pytest.raises(ValueError, match='Discrete action space'):
+        make_env('Pendulum-v1')
