@@ -33,7 +33,12 @@ class Config(Mapping):
     def __init__(self, values: Mapping[str, Any]):
         object.__setattr__(self, '_values', dict(values))
 
+    def __reduce__(self):
+        return Config, (self._values,)
+
     def __getattr__(self, key: str) -> Any:
+        if key.startswith('__'):
+            raise AttributeError(key)
         try:
             return self._values[key]
         except KeyError:

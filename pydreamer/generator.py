@@ -133,10 +133,10 @@ def _play_episode(env: Env, policy, game: int, episode: int, chunker: EpisodeChu
     Returns the episode return, the number of stored rows (agent steps + the reset row) and the
     files the chunker emitted.
     """
-    def store(row: dict) -> list:
+    def store(row: dict, done: bool = False) -> list:
         if with_env_id:
             row['env_id'] = np.int8(game)
-        return chunker.add(row, episode)
+        return chunker.add(row, episode, done=done)
 
     obs = env.reset()
     files = store(first_row(obs, env.action_dim))
@@ -144,9 +144,10 @@ def _play_episode(env: Env, policy, game: int, episode: int, chunker: EpisodeChu
     while rows < max_rows:
         action, _ = policy({**obs, 'reset': reset})
         obs, reward, terminated, truncated = env.step(action)
-        files += store(next_row(obs, action, env.action_dim, reward, terminated))
+        done = terminated or truncated
+        files += store(next_row(obs, action, env.action_dim, reward, terminated), done)
         rows, ep_return, reset = rows + 1, ep_return + reward, False
-        if terminated or truncated:
+        if done:
             break
     return ep_return, rows, files
 
@@ -162,6 +163,5 @@ def _episode_metrics(env_id: str, ep_return: float, ep_steps: int, steps: int, f
 
 
 def _send(metrics: MetricsLogger, pending: list[tuple[dict, int]]) -> None:
-    for values, step in pending:
-        metrics.log(values, step)
+    metrics.log_many(pending)
     pending.clear()

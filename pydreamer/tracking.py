@@ -112,12 +112,16 @@ class MetricsLogger:
         self._client = client()
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
+        self.log_many([(metrics, step)])
+
+    def log_many(self, entries: list[tuple[Mapping[str, float], int]]) -> None:
+        """Send several (metrics, step) entries in as few requests as possible."""
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, int(step)) for key, value in metrics.items()
-                 if value is not None and math.isfinite(float(value))]
-        for i in range(0, len(batch), 500):
-            self._send(batch[i:i + 500])
+        batch = [Metric(key, float(value), now, int(step)) for metrics, step in entries
+                 for key, value in metrics.items() if value is not None and math.isfinite(float(value))]
+        for i in range(0, len(batch), 1000):
+            self._send(batch[i:i + 1000])
 
     def _send(self, batch) -> None:
         from mlflow.exceptions import MlflowException
