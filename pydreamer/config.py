@@ -30,11 +30,13 @@ class ConfigError(ValueError):
 class Config(Mapping):
     """An immutable mapping of resolved config values with attribute access."""
 
-    def __init__(self, values: Mapping[str, Any]):
+    def __init__(self, values: Mapping[str, Any], defaults: Mapping[str, Any] | None = None):
         object.__setattr__(self, '_values', dict(values))
+        # The `defaults` section decides the type of a key, also for later `replace` calls.
+        object.__setattr__(self, '_defaults', dict(defaults if defaults is not None else values))
 
     def __reduce__(self):
-        return Config, (self._values,)
+        return Config, (self._values, self._defaults)
 
     def __getattr__(self, key: str) -> Any:
         if key.startswith('__'):
@@ -65,8 +67,8 @@ class Config(Mapping):
         for key, value in changes.items():
             if key not in values:
                 raise ConfigError(f'Unknown config key {key!r}{_suggest(key, values)}.')
-            values[key] = coerce(key, value, values[key])
-        return Config(values)
+            values[key] = coerce(key, value, self._defaults[key])
+        return Config(values, self._defaults)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self._values)
@@ -107,7 +109,7 @@ def build_config(section_names: list[str], overrides: Mapping[str, Any] | None =
         if key not in base:
             raise ConfigError(f'Unknown config key {key!r}{_suggest(key, base)}.')
         values[key] = coerce(key, value, base[key])
-    return Config(values)
+    return Config(values, base)
 
 
 def parse_args(argv: list[str], default_sections: tuple[str, ...] = (BASE_SECTION,),

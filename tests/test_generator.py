@@ -1,0 +1,86 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import launch
+from pydreamer import generator, tracking
+from pydreamer.artifacts import ArtifactFolder
+from pydreamer.config import PROJECT_ROOT, build_config
+from pydreamer.episodes import load_episode
+
+
+def _files(run_id, folder):
+    return sorted((f for sub in ArtifactFolder(run_id, folder).list_subfolders()
+                   for f in ArtifactFolder(run_id, sub).list()), key=lambda f: f[1].ep_from)
+
+
+def _metric_history(run_id, key):
+    return tracking.client().get_metric_history(run_id, key)
+
+
+def test_launch_random_run_writes_episodes_and_metrics(mlflow_local, tmp_path):
+    code = launch.main(['--configs', 'defaults', 'minatar', 'debug', '--n_env_steps', '700',
+                        '--generator_workers', '2', '--split_fraction', '0.3', '--run_name', 'gen-test'])
+    assert code == 0
+    run = tracking.client().search_runs(
+        [tracking.client().get_experiment_by_name('pydreamer').experiment_id])[0]
+    assert run.info.status == 'FINISHED' and run.data.params['env_id'] == 'MinAtar/Breakout-v0'
+    train, evals = _files(run.info.run_id, 'episodes'), _files(run.info.run_id, 'episodes_eval')
+    assert {p.split('/')[1] for p, _ in train + evals} == {'0', '1'}
+    assert sum(f.steps for _, f in train + evals) == 700
+    path = ArtifactFolder(run.info.run_id, 'episodes').download(train[0][0], str(tmp_path))
+    data = load_episode(path)
+    assert data['image'].shape[1:] == (10, 10) and data['image'].dtype == np.uint8
+    assert data['action'].shape[1:] == (6,) and data['reset'][0]
+    assert len(data['reset']) == train[0][1].steps
+    returns = _metric_history(run.info.run_id, 'agent/return')
+    lengths = _metric_history(run.info.run_id, 'agent/episode_length')
+    assert len(returns) >= 10 and len(returns) == len(lengths)
+    assert all(m.value >= 0 for m in returns)
+    assert ArtifactFolder(run.info.run_id, '').exists('config.yaml')
+
+
+def test_resume_continues_numbering_and_never_overwrites(mlflow_local):
+    conf = build_config(['defaults', 'minatar', 'debug']).replace(generator_workers=1, n_env_steps=400)
+    run_id = tracking.start_run(conf, 'test')
+    generator.run(conf, run_id, 0)
+    first = _files(run_id, 'episodes') + _files(run_id, 'episodes_eval')
+    assert sum(f.steps for _, f in first) == 400
+    generator.run(conf.replace(n_env_steps=900, resume_id=run_id), run_id, 0)
+    after = _files(run_id, 'episodes') + _files(run_id, 'episodes_eval')
+    assert set(first) <= set(after)
+    new = [f for p, f in after if (p, f) not in set(first)]
+    assert new and min(f.ep_from for f in new) > max(f.ep_to for _, f in first)
+    assert sum(f.steps for _, f in after) == 900
+    generator.run(conf.replace(n_env_steps=900), run_id, 0)  # target reached: nothing more is written
+    assert len(_files(run_id, 'episodes') + _files(run_id, 'episodes_eval')) == len(after)
+
+
+def test_multi_env_generator_balances_games_and_tags_env_id(mlflow_local, tmp_path):
+    games = ['MinAtar/Breakout-v0', 'MinAtar/Asterix-v0']
+    conf = build_config(['defaults', 'minatar', 'debug']).replace(env_id=games, generator_workers=1,
+                                                                    n_env_steps=1500, split_fraction=0.0)
+    run_id = tracking.start_run(conf, 'test')
+    generator.run(conf, run_id, 0)
+    folder = ArtifactFolder(run_id, 'episodes')
+    env_ids = np.concatenate([load_episode(folder.download(p, str(tmp_path)))['env_id']
+                              for p, _ in _files(run_id, 'episodes')])
+    counts = np.bincount(env_ids, minlength=2)
+    assert counts.sum() == 1500 and counts.min() > 0.25 * counts.sum()
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--env_id', 'MinAtar/Pacman-v0'], 'MinAtar/Pacman-v0'),
+    (['--n_stepz', '5'], "did you mean 'n_steps'"),
+    (['--batch_size', 'big'], "Bad value 'big' for config key 'batch_size'"),
+    (['--configs', 'defaults', 'minatar', '--action_dim', '3'], 'action_dim is 3'),
+])
+def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, args, message):
+    out = subprocess.run([sys.executable, str(PROJECT_ROOT / 'launch.py'), *args], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1 and message in errors[0]
+    assert not (tmp_path / 'mlruns').exists()
