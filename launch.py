@@ -1,14 +1,17 @@
-"""Classic pydreamer run on one environment: generator processes that store episodes into a new
-(or resumed) mlflow run.
+"""Classic pydreamer run (the from-scratch baseline): generator processes that store episodes into
+a new (or resumed) mlflow run and a learner that trains a Dreamer on them; the generators switch
+to the learner's newest actor after prefill. The job ends when the learner reaches n_steps
+(with n_steps 0 it is a data-only run that ends when the generators reach n_env_steps).
 
     python launch.py --configs defaults minatar [--<key> <value> ...]
+    python launch.py --configs defaults minatar --resume_id <run id>    # continue a run
 """
 from __future__ import annotations
 
 import logging
 import sys
 
-from pydreamer import generator
+from pydreamer import generator, learner
 from pydreamer.cli import run_cli
 from pydreamer.config import ConfigError, parse_args
 from pydreamer.envs import make_env
@@ -36,6 +39,8 @@ def main(argv: list[str]) -> int:
     log.info('Tracking store: %s', uri)
     children = [Child(f'generator-{w}', generator.run, (conf, run_id, w))
                 for w in range(conf.generator_workers)]
+    if conf.n_steps > 0:
+        children.append(Child('learner', learner.run, (conf, run_id), ends_job=True))
     code = run_children(children, threads_per_process(len(children), conf.torch_threads))
     end_run(run_id, 'FINISHED' if code == 0 else 'FAILED' if code == 1 else 'KILLED')
     log.info('Run %s ended (exit code %d).', run_id, code)

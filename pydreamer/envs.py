@@ -157,15 +157,88 @@ def _make_minatar(env_id: str, action_repeat: int) -> tuple[gymnasium.Env, ObsFn
 
 # --- Atari
 
-def _atari_obs(frame: np.ndarray, gray: bool) -> dict[str, np.ndarray]:
-    """(210, 160, 3) max-pooled RGB frame -> the 64x64 image plus the native grayscale screen."""
-    screen_gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+class _GrayFrames(gymnasium.Wrapper):
+    """Sits on the frameskip=1 ALE env, below AtariPreprocessing, and copies ALE's own grayscale
+    screen (`getScreenGrayscale`, the frames the atari_net agents were trained on; for some games,
+    e.g. AirRaid, far from a grayscale conversion of the RGB screen) after every emulator frame.
+
+    `count` is the number of frames since `clear()` (called at the start of each agent step);
+    only the last two frames of an agent step of `frame_skip` frames are copied, as ALE's
+    grayscale conversion costs about half an emulator frame.
+    """
+
+    def __init__(self, env: gymnasium.Env, frame_skip: int):
+        super().__init__(env)
+        self.frames = [np.zeros(env.observation_space.shape[:2], np.uint8) for _ in range(2)]
+        self.frame_skip = frame_skip
+        self.count = 0
+
+    def clear(self) -> None:
+        self.count = 0
+
+    def latest(self, back: int = 0) -> np.ndarray:
+        """The gray frame `back` frames before the most recent one (back = 0 or 1)."""
+        return self.frames[(self.count - 1 - back) % 2]
+
+    def step(self, action):
+        result = self.env.step(action)
+        if self.count >= self.frame_skip - 2:
+            self.env.unwrapped.ale.getScreenGrayscale(self.frames[self.count % 2])
+        self.count += 1
+        return result
+
+
+class _AtariScreens(gymnasium.Wrapper):
+    """On top of AtariPreprocessing: observations become {'rgb': its max-pooled native RGB frame,
+    'gray': the max of ALE's grayscale screens of the same emulator frames}.
+
+    The frames AtariPreprocessing (gymnasium 1.4) pools, mirrored here for the gray screen:
+      reset:             the screen after the no-ops (pooled with zeros, so unchanged);
+      a full step:       the last two of its `frame_skip` frames (only the last when frame_skip = 1);
+      game ends mid-step: it stops recording BEFORE storing the frame on which the game ended, so
+                         ending on the last frame (frame_skip > 1) pools the previous observation
+                         with the second-to-last frame, and ending earlier repeats the previous
+                         observation.
+    """
+
+    def __init__(self, env: AtariPreprocessing, frames: _GrayFrames):
+        super().__init__(env)
+        self._frames = frames
+        self._gray = np.zeros_like(frames.frames[0])
+        self.observation_space = gymnasium.spaces.Dict({
+            'rgb': env.observation_space,
+            'gray': gymnasium.spaces.Box(0, 255, self._gray.shape, np.uint8)})
+
+    def reset(self, **kwargs):
+        rgb, info = self.env.reset(**kwargs)
+        self._gray = self.env.unwrapped.ale.getScreenGrayscale()
+        return {'rgb': rgb, 'gray': self._gray}, info
+
+    def step(self, action):
+        self._frames.clear()
+        rgb, reward, terminated, truncated, info = self.env.step(action)
+        played, skip = self._frames.count, self._frames.frame_skip
+        if not (terminated or truncated):
+            assert played == skip, (played, skip)
+            gray = self._frames.latest().copy() if skip == 1 else np.maximum(self._frames.latest(), self._frames.latest(1))
+        elif played == skip > 1:  # ended on the last frame, which AtariPreprocessing did not record
+            gray = np.maximum(self._gray, self._frames.latest(1))
+        else:  # ended earlier: AtariPreprocessing repeats its previous observation
+            gray = self._gray.copy()
+        self._gray = gray
+        return {'rgb': rgb, 'gray': gray}, reward, terminated, truncated, info
+
+
+def _atari_obs(screens: dict[str, np.ndarray], gray: bool) -> dict[str, np.ndarray]:
+    """Native max-pooled screens -> the 64x64 image plus the native grayscale screen (ALE's own
+    grayscale, which the atari_net policy resizes to 84x84)."""
+    frame = screens['rgb']
     size = (ATARI_IMAGE_SIZE, ATARI_IMAGE_SIZE)
     if gray:
-        image = cv2.resize(screen_gray, size, interpolation=cv2.INTER_AREA)[:, :, None]
+        image = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA)[:, :, None]
     else:
         image = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-    return {'image': image, 'screen_gray': screen_gray}
+    return {'image': image, 'screen_gray': screens['gray']}
 
 
 def _make_atari(env_id: str, action_repeat: int) -> tuple[gymnasium.Env, ObsFn]:
@@ -175,10 +248,12 @@ def _make_atari(env_id: str, action_repeat: int) -> tuple[gymnasium.Env, ObsFn]:
         raise _unknown_env(env_id)
     env = gymnasium.make(ale_id, frameskip=1, repeat_action_probability=0.25, full_action_space=True)
     height, width = env.observation_space.shape[:2]
+    frames = _GrayFrames(env, action_repeat)
     # At the native screen size AtariPreprocessing only skips frames, max-pools the last two
     # and does the no-op reset; resizing and grayscale happen in _atari_obs.
-    env = AtariPreprocessing(env, noop_max=30, frame_skip=action_repeat, screen_size=(width, height),
+    env = AtariPreprocessing(frames, noop_max=30, frame_skip=action_repeat, screen_size=(width, height),
                              terminal_on_life_loss=False, grayscale_obs=False)
+    env = _AtariScreens(env, frames)
     return env, functools.partial(_atari_obs, gray=prefix == 'AtariGray')
 
 

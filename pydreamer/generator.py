@@ -22,7 +22,7 @@ from pydreamer.artifacts import ArtifactFolder
 from pydreamer.config import Config
 from pydreamer.envs import Env, first_row, make_env, next_row
 from pydreamer.episodes import EpisodeChunker, EpisodeFile, resume_point, save_episode
-from pydreamer.policies import make_policy
+from pydreamer.policies import NetworkPolicy, make_policy
 from pydreamer.tracking import MetricsLogger
 
 log = logging.getLogger(__name__)
@@ -102,17 +102,22 @@ def run(conf: Config, run_id: str, worker: int) -> None:
             policy_name = conf.generator_prefill_policy if steps < prefill_steps else conf.policy_main
             key = (policy_name, game)
             if key not in policies:
-                policies[key] = make_policy(policy_name, env.action_dim, seed=int(rng.integers(2 ** 31)))
-            ep_return, ep_steps, files = _play_episode(env, policies[key], game, episode, chunker,
-                                                       target_steps - steps, len(env_ids) > 1)
+                policies[key] = make_policy(policy_name, conf, run_id, env_ids[game], env.action_dim,
+                                            seed=int(rng.integers(2 ** 31)))
+            ep_return, ep_steps, policy_metrics, files = _play_episode(
+                env, policies[key], game, episode, chunker, target_steps - steps, len(env_ids) > 1)
             writer.write(files)
             steps += ep_steps
             steps_per_game[game] += ep_steps
             bar.update(ep_steps)
             fps = (steps - start_steps) / max(1e-6, time.time() - start_time)
-            pending.append(_episode_metrics(env_ids[game], ep_return, ep_steps, steps, fps, policy_name,
-                                            multi_env=len(env_ids) > 1))
+            values = _episode_metrics(env_ids[game], ep_return, ep_steps, steps, fps, policy_name,
+                                      multi_env=len(env_ids) > 1)
+            values.update({f'agent/{k}': v for k, v in policy_metrics.items()})
+            pending.append((values, steps))
             episode += 1
+            if conf.limit_step_ratio > 0 and isinstance(policies[key], NetworkPolicy):
+                policies[key].wait_for_learner(steps * workers, conf.limit_step_ratio)
             if time.time() - last_send >= conf.metrics_interval:
                 _send(metrics, pending)
                 last_send = time.time()
@@ -127,11 +132,11 @@ def run(conf: Config, run_id: str, worker: int) -> None:
 
 
 def _play_episode(env: Env, policy, game: int, episode: int, chunker: EpisodeChunker,
-                  max_rows: int, with_env_id: bool) -> tuple[float, int, list]:
+                  max_rows: int, with_env_id: bool) -> tuple[float, int, dict, list]:
     """Play one episode (stopping early after `max_rows` stored rows), feeding rows to the chunker.
 
-    Returns the episode return, the number of stored rows (agent steps + the reset row) and the
-    files the chunker emitted.
+    Returns the episode return, the number of stored rows (agent steps + the reset row), the
+    policy's metrics averaged over the episode, and the files the chunker emitted.
     """
     def store(row: dict, done: bool = False) -> list:
         if with_env_id:
@@ -141,25 +146,28 @@ def _play_episode(env: Env, policy, game: int, episode: int, chunker: EpisodeChu
     obs = env.reset()
     files = store(first_row(obs, env.action_dim))
     rows, ep_return, reset = 1, 0.0, True
+    sums: dict[str, float] = defaultdict(float)
     while rows < max_rows:
-        action, _ = policy({**obs, 'reset': reset})
+        action, metrics = policy({**obs, 'reset': reset})
+        for key, value in metrics.items():
+            sums[key] += value
         obs, reward, terminated, truncated = env.step(action)
         done = terminated or truncated
         files += store(next_row(obs, action, env.action_dim, reward, terminated), done)
         rows, ep_return, reset = rows + 1, ep_return + reward, False
         if done:
             break
-    return ep_return, rows, files
+    return ep_return, rows, {k: v / max(1, rows - 1) for k, v in sums.items()}, files
 
 
 def _episode_metrics(env_id: str, ep_return: float, ep_steps: int, steps: int, fps: float,
-                     policy_name: str, multi_env: bool) -> tuple[dict, int]:
+                     policy_name: str, multi_env: bool) -> dict:
     values = {'agent/return': ep_return, 'agent/episode_length': ep_steps, 'agent/steps': steps,
               'agent/fps': fps, f'agent/policy_{policy_name}': 1.0}
     if multi_env:
         game = env_id.split('/')[-1]
         values.update({f'agent/{game}/return': ep_return, f'agent/{game}/episode_length': ep_steps})
-    return values, steps
+    return values
 
 
 def _send(metrics: MetricsLogger, pending: list[tuple[dict, int]]) -> None:

@@ -1,0 +1,1 @@
+"""MinAtar DQN agents used as data policies (train them with `python dqn/train_agents.py`)."""

@@ -1,0 +1,101 @@
+"""Versioned learner checkpoints: model state, optimizer states keyed by role, step and config.
+
+A checkpoint is written to a temporary file and renamed (then uploaded as `checkpoints/latest.pt`
+of the run), so a reader never sees half a file. It carries its resolved config so a later stage
+can check that the architecture matches before loading anything.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from pydreamer.artifacts import ArtifactFolder
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CHECKPOINT_DIR = 'checkpoints'
+CHECKPOINT_NAME = 'latest.pt'
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def save_checkpoint(path: Path, step: int, model: torch.nn.Module,
+                    optimizers: Mapping[str, torch.optim.Optimizer], conf: Mapping[str, Any],
+                    extra: Mapping[str, Any] | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        'format_version': FORMAT_VERSION,
+        'step': int(step),
+        'model': model.state_dict(),
+        'optimizers': {role: opt.state_dict() for role, opt in optimizers.items()},
+        'config': dict(conf),
+        **(extra or {}),
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Load a checkpoint file onto the CPU, checking its format."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'Checkpoint file {path} does not exist.')
+    try:
+        payload = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f'Checkpoint file {path} could not be read ({type(e).__name__}: {e}).') from None
+    if not isinstance(payload, dict) or 'format_version' not in payload:
+        raise CheckpointError(f'File {path} is not a pydreamer checkpoint (no format_version).')
+    if payload['format_version'] != FORMAT_VERSION:
+        raise CheckpointError(f'Checkpoint {path} has format version {payload["format_version"]}, '
+                              f'this code reads version {FORMAT_VERSION}.')
+    return payload
+
+
+def restore(payload: dict, model: torch.nn.Module, optimizers: Mapping[str, torch.optim.Optimizer]) -> int:
+    """Load model and optimizer states saved by `save_checkpoint`; returns the saved step."""
+    model.load_state_dict(payload['model'])
+    missing = set(optimizers) - set(payload['optimizers'])
+    if missing:
+        raise CheckpointError(f'Checkpoint has no optimizer state for role(s) {sorted(missing)}; '
+                              f'it holds {sorted(payload["optimizers"])}.')
+    for role, opt in optimizers.items():
+        opt.load_state_dict(payload['optimizers'][role])
+    return int(payload['step'])
+
+
+class RunCheckpoints:
+    """`checkpoints/latest.pt` of one mlflow run."""
+
+    def __init__(self, run_id: str):
+        self.folder = ArtifactFolder(run_id, CHECKPOINT_DIR)
+        self.artifact_path = f'{CHECKPOINT_DIR}/{CHECKPOINT_NAME}'
+
+    def upload(self, local_path: Path) -> None:
+        self.folder.upload_file(str(local_path), CHECKPOINT_DIR)
+
+    def download(self, dst_dir: str) -> Path | None:
+        """The newest checkpoint as a local file, or None when the run has none yet.
+
+        Only a missing file means "not yet"; any other failure propagates with its cause.
+        """
+        if not self.folder.exists(self.artifact_path):
+            return None
+        return Path(self.folder.download_file(self.artifact_path, dst_dir))

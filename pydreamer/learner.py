@@ -1,0 +1,219 @@
+"""Learner process: trains a Dreamer on the episodes of an mlflow run and saves checkpoints there.
+
+One training step: next batch of B streams → preprocess → world-model (+ actor-critic) losses →
+one optimizer step per role. The RSSM state at the end of a batch is the start state of the next
+(each stream continues where it stopped), unless `keep_state` is off. Restarting on the same run
+restores model, optimizers and step from `checkpoints/latest.pt` and continues.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pydreamer.checkpoint import RunCheckpoints, read_checkpoint, restore, save_checkpoint
+from pydreamer.config import Config
+from pydreamer.data import BatchStream, EpisodeIndex
+from pydreamer.dreams import dream_strip
+from pydreamer.models.dreamer import Dreamer
+from pydreamer.preprocess import preprocess
+from pydreamer.tracking import MetricsLogger, client
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    device = torch.device(setting)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'Config key device is {setting!r} but no CUDA device is available; use auto or cpu.')
+    return device
+
+
+@dataclass
+class LearnerSpec:
+    """What differs between the stages that train a Dreamer.
+
+    data_run_id: the run whose `episodes/` and `episodes_eval/` are trained on (default: own run).
+    wm_only: train the world model alone (no imagination, no actor-critic).
+    wm_steps: train the world model only for this many steps, then actor-critic alone (0 = always).
+    prepare: called once on a fresh model (not on resume), e.g. to load pretrained weights and
+        freeze parts; returns params/tags to record.
+    min_data_steps: wait until the data holds this many steps before training.
+    wait_for_data: keep waiting for generators; when False, too little data is an error.
+    """
+    data_run_id: str | None = None
+    wm_only: bool = False
+    wm_steps: int = 0
+    prepare: Callable[[Dreamer], dict[str, str]] | None = None
+    min_data_steps: int = 0
+    wait_for_data: bool = True
+
+
+def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
+    spec = spec or LearnerSpec()
+    device = resolve_device(conf.device)
+    data_run = spec.data_run_id or run_id
+    torch.manual_seed(conf.seed)
+    model = Dreamer(conf, wm_only=spec.wm_only).to(device)
+    optimizers = model.init_optimizers()
+    checkpoints = RunCheckpoints(run_id)
+    metrics_logger = MetricsLogger(run_id)
+    work = tempfile.TemporaryDirectory(prefix='pydreamer-learner-')
+    step = _resume_or_prepare(model, optimizers, checkpoints, spec, run_id, work.name)
+    if step >= conf.n_steps:
+        log.info('Run already trained for %d of %d steps; nothing to do.', step, conf.n_steps)
+        return
+    log.info('Model: %s parameters on %s (%s).', f'{sum(p.numel() for p in model.parameters()):,}', device,
+             'world model only' if spec.wm_only else 'world model + actor-critic')
+
+    train_index = EpisodeIndex(data_run, 'episodes', conf.buffer_size, conf.listing_interval)
+    eval_index = EpisodeIndex(data_run, 'episodes_eval', conf.buffer_size, conf.listing_interval)
+    _wait_for_data(train_index, max(spec.min_data_steps, conf.batch_size * conf.batch_length), spec.wait_for_data)
+    batches = BatchStream(train_index, conf.batch_size, conf.batch_length, conf.reset_interval,
+                          conf.allow_mid_reset, seed=conf.seed + step)
+    state = model.init_state(conf.batch_size)
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    timer_start, steps_at_timer = time.time(), step
+    bar = tqdm(total=conf.n_steps, initial=step, desc='learner', unit='step', mininterval=2.0)
+    try:
+        while step < conf.n_steps:
+            if data_run == run_id and train_index.total_steps >= conf.n_env_steps:
+                log.info('The run holds n_env_steps=%d steps of data; stopping.', conf.n_env_steps)
+                break
+            t0 = time.time()
+            batch_np = batches.next()
+            obs = preprocess(batch_np, conf, device)
+            t1 = time.time()
+            if not conf.keep_state:
+                state = model.init_state(conf.batch_size)
+            train_wm = not spec.wm_steps or step < spec.wm_steps
+            losses, state, metrics, _ = model.training_step(obs, state)
+            if not train_wm:
+                losses.pop('wm')
+            norms = model.update(losses, optimizers)
+            t2 = time.time()
+            step += 1
+            bar.update(1)
+            for key, value in {**metrics, **norms}.items():
+                sums[key] += float(value)
+                counts[key] += 1
+            sums['timer_data'] += t1 - t0
+            sums['timer_train'] += t2 - t1
+            counts['timer_data'] += 1
+            counts['timer_train'] += 1
+
+            if step % conf.log_interval == 0:
+                fps = (step - steps_at_timer) / max(1e-9, time.time() - timer_start)
+                values = {f'train/{k}': sums[k] / counts[k] for k in sums}
+                values.update({'train/fps': fps, 'data/steps': train_index.steps,
+                               'data/total_steps': train_index.total_steps, 'data/files': len(train_index.files),
+                               'train/wm_trained': float(train_wm)})
+                metrics_logger.log(values, step)
+                bar.set_postfix(loss_model=f'{values.get("train/loss_model", float("nan")):.3f}')
+                sums.clear()
+                counts.clear()
+                timer_start, steps_at_timer = time.time(), step
+            if step % conf.logbatch_interval == 0 or step == 1:
+                _save_dream(model, obs, conf, run_id, step, work.name)
+            if step % conf.eval_interval == 0:
+                _evaluate(model, eval_index, conf, device, metrics_logger, step)
+            if step % conf.save_interval == 0:
+                _save(model, optimizers, conf, checkpoints, step, work.name)
+    finally:
+        bar.close()
+        if step > 0:
+            _save(model, optimizers, conf, checkpoints, step, work.name)
+        train_index.close()
+        eval_index.close()
+        work.cleanup()
+    log.info('Learner finished at step %d.', step)
+
+
+def _resume_or_prepare(model: Dreamer, optimizers, checkpoints: RunCheckpoints, spec: LearnerSpec,
+                       run_id: str, work_dir: str) -> int:
+    local = checkpoints.download(work_dir)
+    if local is not None:
+        step = restore(read_checkpoint(local), model, optimizers)
+        log.info('Resumed from checkpoints/latest.pt of run %s at step %d.', run_id, step)
+        return step
+    if spec.prepare is not None:
+        notes = spec.prepare(model)
+        if notes:
+            client().log_batch(run_id, tags=[_tag(k, v) for k, v in notes.items()])
+    return 0
+
+
+def _tag(key: str, value: str):
+    from mlflow.entities import RunTag
+    return RunTag(key, str(value)[:5000])
+
+
+def _wait_for_data(index: EpisodeIndex, min_steps: int, wait: bool) -> None:
+    index.refresh(force=True)
+    if index.steps >= min_steps:
+        return
+    if not wait:
+        raise ValueError(f'Run {index.run_id} holds {index.steps} steps in {index.folder}/, '
+                         f'fewer than the {min_steps} needed to train.')
+    log.info('Waiting for %d steps of data in %s/ (have %d).', min_steps, index.folder, index.steps)
+    while index.steps < min_steps:
+        time.sleep(min(5.0, max(0.5, index.listing_interval)))
+        index.refresh(force=True)
+    log.info('Data ready: %d steps in %d files.', index.steps, len(index.files))
+
+
+def _save(model: Dreamer, optimizers, conf: Config, checkpoints: RunCheckpoints, step: int, work_dir: str) -> None:
+    path = Path(work_dir) / 'latest.pt'
+    save_checkpoint(path, step, model, optimizers, conf.to_dict())
+    checkpoints.upload(path)
+
+
+@torch.no_grad()
+def _evaluate(model: Dreamer, index: EpisodeIndex, conf: Config, device, metrics_logger: MetricsLogger,
+              step: int) -> None:
+    """World-model losses on the eval split (fresh streams, state carried within the evaluation)."""
+    index.refresh()
+    if not index.files:
+        return
+    stream = BatchStream(index, conf.batch_size, conf.batch_length, 0, conf.allow_mid_reset, seed=step)
+    state = model.init_state(conf.batch_size)
+    sums: dict[str, float] = defaultdict(float)
+    for _ in range(conf.eval_batches):
+        obs = preprocess(stream.next(), conf, device)
+        with model.autocast():
+            out = model.wm.training_step(obs, state)
+        state = out.out_state
+        for key, value in out.metrics.items():
+            sums[key] += float(value) / conf.eval_batches
+    metrics_logger.log({f'eval/{k}': v for k, v in sums.items()}, step)
+
+
+def _save_dream(model: Dreamer, obs: dict, conf: Config, run_id: str, step: int, work_dir: str) -> None:
+    """Real frames above the model's open-loop dream for two sequences of the batch."""
+    if 'image' not in obs:
+        return
+    n = min(2, conf.batch_size)
+    T = obs['image'].shape[0]
+    context = max(1, T // 4)
+    sub = {k: v[:, :n] for k, v in obs.items()}
+    dream = model.dream(sub, model.init_state(n), context=context)
+    rows = []
+    for b in range(n):
+        rows.append(obs['image'][:, b].float().cpu().numpy())                     # (T, C, H, W)
+        rows.append(dream['image_pred'][:, b].float().cpu().numpy())
+    scale = max(1, 64 // obs['image'].shape[-1])
+    path = Path(work_dir) / f'dream_{step:07d}.png'
+    dream_strip(rows, conf.image_categorical, scale=scale).save(path)
+    client().log_artifact(run_id, str(path), 'dreams')
+    path.unlink()

@@ -1,0 +1,220 @@
+"""Actor and critic trained in imagination (DreamerV2 section 2.2, eqs. 4-6).
+
+Time alignment of an imagined trajectory of horizon H from M start states:
+
+    index         0        1        ...   H
+    feature       s0 (a posterior state of the batch, detached)  s1 ... sH (prior)
+    action        a0 ~ π(s0) -> s1   ...  a_{H-1} -> sH          (H of them)
+    reward        r(s1) ... r(sH)  = reward head mean of the state the action led to
+    terminal      p(s0) ... p(sH)  = terminal head probability of each state
+    value target  R0 ... R_{H-1}   = λ-returns bootstrapped from the target critic v'(sH)
+    weight        Π_{k<=t} (1 - p(s_k)): steps after a likely episode end count less
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.distributions as D
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from pydreamer.models.common import MLP
+from pydreamer.models.functions import lambda_return
+from pydreamer.models.rssm import RSSM, State
+
+
+class OneHotPolicy:
+    """Categorical policy over one-hot actions, from logits (..., A)."""
+
+    def __init__(self, logits: Tensor):
+        self.logp = logits.float().log_softmax(-1)
+
+    def sample(self, straight_through: bool = False) -> Tensor:
+        probs = self.logp.exp()
+        index = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1] + (1,))
+        onehot = torch.zeros_like(probs).scatter_(-1, index, 1.0)
+        # straight-through: value = onehot, gradient = d probs (DreamerV2 eq. 6 with dynamics backprop)
+        return onehot + probs - probs.detach() if straight_through else onehot
+
+    def mode(self) -> Tensor:
+        return F.one_hot(self.logp.argmax(-1), self.logp.shape[-1]).float()
+
+    def log_prob(self, action: Tensor) -> Tensor:
+        return (action * self.logp).sum(-1)
+
+    def entropy(self) -> Tensor:
+        return -(self.logp.exp() * self.logp).sum(-1)
+
+
+class ContinuousPolicy:
+    """Continuous actions from (..., 2A) outputs: `normal_tanh` = Normal(tanh(μ), σ ∈ [0.01, 1.01]),
+    `tanh_normal` = tanh(Normal(5·tanh(μ/5), softplus(σ) + 0.1)) with the base entropy (as pydreamer)."""
+
+    def __init__(self, out: Tensor, kind: str):
+        mean, std = out.float().chunk(2, -1)
+        if kind == 'normal_tanh':
+            self.base = D.Independent(D.Normal(torch.tanh(mean), torch.sigmoid(std) + 0.01), 1)
+            self.dist = self.base
+        else:
+            self.base = D.Independent(D.Normal(5 * torch.tanh(mean / 5), F.softplus(std) + 0.1), 1)
+            self.dist = D.TransformedDistribution(self.base, [D.TanhTransform(cache_size=1)])
+
+    def sample(self, straight_through: bool = False) -> Tensor:
+        return self.dist.rsample() if straight_through else self.dist.sample()
+
+    def mode(self) -> Tensor:
+        mean = self.base.mean
+        return mean if self.dist is self.base else torch.tanh(mean)
+
+    def log_prob(self, action: Tensor) -> Tensor:
+        return self.dist.log_prob(action)
+
+    def entropy(self) -> Tensor:
+        return self.base.entropy()
+
+
+class Imagined(NamedTuple):
+    """An imagined batch: H+1 states of M trajectories, as dense features or, for discrete
+    latents without gradients through the rollout (REINFORCE), as h and one-hot indices."""
+    features: Tensor | None   # (H+1, M, F), or None when kept as indices
+    h: Tensor | None          # (H+1, M, D)
+    z_index: Tensor | None    # (H+1, M, S) flat one-hot indices
+    actions: Tensor           # (H, M, A)
+    actor_out: Tensor         # (H, M, A or 2A): actor outputs at states 0..H-1
+
+    def apply(self, mlp: MLP, start: int = 0, stop: int | None = None, detach: bool = False) -> Tensor:
+        """mlp over the states start..stop-1 -> (stop - start, M, ...), as float32."""
+        if self.features is None:
+            return mlp.forward_onehot(self.h[start:stop], self.z_index[start:stop]).float()
+        features = self.features[start:stop]
+        return mlp(features.detach() if detach else features).float()
+
+
+class ActorCritic(nn.Module):
+
+    def __init__(self, conf, feature_dim: int):
+        super().__init__()
+        if conf.actor_grad not in ('reinforce', 'dynamics'):
+            raise ValueError(f"actor_grad must be reinforce or dynamics, got {conf.actor_grad!r}.")
+        if conf.actor_dist not in ('onehot', 'normal_tanh', 'tanh_normal'):
+            raise ValueError(f"actor_dist must be onehot, normal_tanh or tanh_normal, got {conf.actor_dist!r}.")
+        self.actor_grad = conf.actor_grad
+        self.actor_dist = conf.actor_dist
+        self.gamma = conf.gamma
+        self.lambda_ = conf.lambda_gae
+        self.entropy_weight = conf.entropy
+        self.target_interval = conf.target_interval
+        out_dim = conf.action_dim * (1 if conf.actor_dist == 'onehot' else 2)
+        layers = conf.actor_critic_layers
+        self.actor = MLP(feature_dim, out_dim, conf.mlp_dim, layers, conf.layer_norm)
+        self.critic = MLP(feature_dim, 1, conf.mlp_dim, layers, conf.layer_norm)
+        self.critic_target = MLP(feature_dim, 1, conf.mlp_dim, layers, conf.layer_norm)
+        self.critic_target.requires_grad_(False)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.register_buffer('train_steps', torch.zeros((), dtype=torch.long))
+
+    def distribution(self, actor_out: Tensor) -> OneHotPolicy | ContinuousPolicy:
+        if self.actor_dist == 'onehot':
+            return OneHotPolicy(actor_out)
+        return ContinuousPolicy(actor_out, self.actor_dist)
+
+    def update_target(self) -> None:
+        """Hard copy of the critic into the target critic every target_interval training steps
+        (on the first step too), as pydreamer."""
+        if int(self.train_steps) % self.target_interval == 0:
+            self.critic_target.load_state_dict(self.critic.state_dict())
+        self.train_steps += 1
+
+    def imagine(self, rssm: RSSM, start: State, horizon: int, noise: Tensor | None = None) -> Imagined:
+        """Roll the prior forward `horizon` steps from start states ((M, D), (M, Z)) with actions
+        sampled from the actor. With actor_grad == 'dynamics' the actions are straight-through
+        (or reparameterised) samples, so gradients flow through the imagined states into the
+        actor; with 'reinforce' the rollout carries no gradient (only the actor outputs do). The
+        caller freezes the world model's parameters. noise (H, M, ...) as `rssm.noise((H, M))`."""
+        if noise is None:
+            noise = rssm.noise((horizon, start[0].shape[0]))
+        if self.actor_grad == 'reinforce' and rssm.classes:
+            return self._imagine_onehot(rssm, start, horizon, noise)
+        straight_through = self.actor_grad == 'dynamics'
+        state = start
+        features = [rssm.feature(*state)]
+        actions, outs = [], []
+        for i in range(horizon):
+            out = self.actor(features[-1])
+            action = self.distribution(out).sample(straight_through)
+            _, state = rssm.imagine_step(action, state, noise=noise[i])
+            features.append(rssm.feature(*state))
+            actions.append(action)
+            outs.append(out)
+        return Imagined(torch.stack(features), None, None, torch.stack(actions), torch.stack(outs))
+
+    def _imagine_onehot(self, rssm: RSSM, start: State, horizon: int, noise: Tensor) -> Imagined:
+        # The same rollout with the latents kept as indices: no one-hot features are built and
+        # every first layer gathers weight columns instead of multiplying by S·K-wide inputs.
+        h, z_index = start[0], rssm.onehot_index(start[1])
+        hs, indices, actions, outs = [h], [z_index], [], []
+        for i in range(horizon):
+            out = self.actor.forward_onehot(h, z_index)
+            action = self.distribution(out).sample()
+            with torch.no_grad():
+                h, z_index = rssm.imagine_step_index(action, h, z_index, noise[i])
+            hs.append(h)
+            indices.append(z_index)
+            actions.append(action)
+            outs.append(out)
+        return Imagined(None, torch.stack(hs), torch.stack(indices), torch.stack(actions), torch.stack(outs))
+
+    def training_step(self, imagined: Imagined, reward: Tensor, terminal: Tensor
+                      ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """reward (H, M): reward head mean of states 1..H; terminal (H+1, M): terminal
+        probabilities of states 0..H. Returns ({'actor', 'critic'} losses, metrics, tensors)."""
+        H, M = imagined.actions.shape[:2]
+        assert reward.shape == (H, M) and terminal.shape == (H + 1, M)
+        dynamics = self.actor_grad == 'dynamics'
+        with torch.set_grad_enabled(dynamics and torch.is_grad_enabled()):
+            # the target critic has no trainable parameters; under `dynamics` gradients flow through its input
+            value_target = imagined.apply(self.critic_target)                 # (H+1, M)
+        value = imagined.apply(self.critic, 0, H, detach=True)                 # (H, M)
+        if dynamics:
+            # DreamerV2 evaluates the entropy on stop-gradient features
+            policy = self.distribution(imagined.apply(self.actor, 0, H, detach=True))
+        else:
+            policy = self.distribution(imagined.actor_out)
+        return actor_critic_losses(
+            reward=reward, terminal=terminal, value=value, value_target=value_target,
+            log_prob=None if dynamics else policy.log_prob(imagined.actions.detach()), entropy=policy.entropy(),
+            gamma=self.gamma, lambda_=self.lambda_, entropy_weight=self.entropy_weight)
+
+
+def actor_critic_losses(reward: Tensor, terminal: Tensor, value: Tensor, value_target: Tensor,
+                        log_prob: Tensor | None, entropy: Tensor, gamma: float, lambda_: float,
+                        entropy_weight: float) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+    """Actor and critic losses of an imagined batch (shapes in the module docstring).
+
+    reward (H, M); terminal (H+1, M); value (H, M) online critic of states 0..H-1;
+    value_target (H+1, M) target critic of states 0..H; log_prob (H, M) of the taken actions
+    for REINFORCE, or None for dynamics backpropagation (the actor then maximises the λ-return
+    directly, gradients flowing through reward, terminal and value_target); entropy (H, M).
+
+        critic loss = mean(w · 0.5 (sg(R) - v)²)
+        actor loss  = mean(w · (-log π(a)·sg(R - v') - η H(π)))       REINFORCE (eq. 6, ρ = 1)
+                      mean(w · (-R - η H(π)))                           dynamics  (eq. 6, ρ = 0)
+    """
+    discount = gamma * (1 - terminal[1:])                                     # (H, M)
+    returns = lambda_return(reward, value_target, discount, lambda_)          # (H, M)
+    weight = torch.cumprod(1 - terminal[:-1].detach(), 0)                     # (H, M)
+    loss_critic = (weight * 0.5 * (returns.detach() - value).square()).mean()
+    advantage = (returns - value_target[:-1]).detach()
+    loss_policy = -returns if log_prob is None else -log_prob * advantage
+    loss_actor = (weight * (loss_policy - entropy_weight * entropy)).mean()
+    with torch.no_grad():
+        metrics = {'loss_actor': loss_actor.detach(), 'loss_critic': loss_critic.detach(),
+                   'policy_entropy': entropy.mean(), 'policy_value': value[0].mean(),
+                   'policy_value_im': value.mean(), 'policy_return': returns.mean(),
+                   'policy_advantage_std': advantage.std(), 'policy_reward': reward.mean(),
+                   'policy_reward_std': reward.std(), 'policy_terminal': terminal.mean(),
+                   'policy_weight': weight.mean()}
+        tensors = {'value': value.detach(), 'value_target': returns.detach(), 'value_weight': weight}
+    return {'actor': loss_actor, 'critic': loss_critic}, metrics, tensors

@@ -1,0 +1,159 @@
+"""Decoders from the model state (feature = [h, z]) and their losses.
+
+Losses are pure functions of (output, target) returning one value per sample; the world model
+weights and sums them. All losses are computed in float32.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from pydreamer.models.common import MLP
+
+
+class ConvDecoder(nn.Module):
+    """DreamerV2's image decoder: Linear -> (32d, 1, 1) -> conv-transpose k 5, 5, 6, 6 stride 2
+    with ELU between, 1 -> 5 -> 13 -> 30 -> 64. No activation after the Linear (as DreamerV2)."""
+
+    def __init__(self, in_dim: int, out_channels: int, cnn_depth: int):
+        super().__init__()
+        d = cnn_depth
+        self.model = nn.Sequential(
+            nn.Linear(in_dim, 32 * d),
+            nn.Unflatten(-1, (32 * d, 1, 1)),
+            nn.ConvTranspose2d(32 * d, 4 * d, 5, 2), nn.ELU(),
+            nn.ConvTranspose2d(4 * d, 2 * d, 5, 2), nn.ELU(),
+            nn.ConvTranspose2d(2 * d, d, 6, 2), nn.ELU(),
+            nn.ConvTranspose2d(d, out_channels, 6, 2))
+
+    def forward(self, features: Tensor) -> Tensor:
+        # (..., F) -> (..., C, 64, 64)
+        return self.model(features.flatten(0, -2)).unflatten(0, features.shape[:-1])
+
+
+class MinAtarDecoder(nn.Module):
+    """MinAtar image decoder: Linear -> (32d, 1, 1) -> conv-transpose k 2, 3, 4, 4 stride 1
+    with ELU between, 1 -> 2 -> 4 -> 7 -> 10; channels 32d -> 4d -> 2d -> d -> C (logits when categorical)."""
+
+    def __init__(self, in_dim: int, out_channels: int, cnn_depth: int):
+        super().__init__()
+        d = cnn_depth
+        self.model = nn.Sequential(
+            nn.Linear(in_dim, 32 * d),
+            nn.Unflatten(-1, (32 * d, 1, 1)),
+            nn.ConvTranspose2d(32 * d, 4 * d, 2, 1), nn.ELU(),
+            nn.ConvTranspose2d(4 * d, 2 * d, 3, 1), nn.ELU(),
+            nn.ConvTranspose2d(2 * d, d, 4, 1), nn.ELU(),
+            nn.ConvTranspose2d(d, out_channels, 4, 1))
+
+    def forward(self, features: Tensor) -> Tensor:
+        # (..., F) -> (..., C, 10, 10)
+        return self.model(features.flatten(0, -2)).unflatten(0, features.shape[:-1])
+
+
+class DenseImageDecoder(nn.Module):
+    """MLP -> (C, H, W), pydreamer's dense image decoder (hidden 400, LN, ELU)."""
+
+    def __init__(self, in_dim: int, out_shape: tuple[int, int, int], hidden_layers: int, layer_norm: bool):
+        super().__init__()
+        self.out_shape = out_shape
+        self.model = MLP(in_dim, out_shape[0] * out_shape[1] * out_shape[2], 400, max(1, hidden_layers), layer_norm)
+
+    def forward(self, features: Tensor) -> Tensor:
+        # (..., F) -> (..., C, H, W)
+        return self.model(features).unflatten(-1, self.out_shape)
+
+
+def image_loss(output: Tensor, target: Tensor, categorical: bool) -> Tensor:
+    """Image reconstruction loss per sample. (..., C, H, W), (..., C, H, W) -> (...)
+
+    Continuous images: 0.5·Σ squared error (a unit-variance Gaussian without its constant).
+    Categorical images (target one-hot over C): Σ over pixels of the cross-entropy.
+    """
+    output = output.float()
+    if categorical:
+        return -(target * output.log_softmax(-3)).sum((-1, -2, -3))
+    return 0.5 * (output - target).square().sum((-1, -2, -3))
+
+
+def mse_loss(output: Tensor, target: Tensor) -> Tensor:
+    """0.5·squared error: -log N(target; output, σ²)·σ² with σ = 1/sqrt(2π), as pydreamer's DenseNormalDecoder."""
+    return 0.5 * (output.float() - target).square()
+
+
+def bernoulli_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """-log Bernoulli(target; sigmoid(logits)), per element."""
+    return F.binary_cross_entropy_with_logits(logits.float(), target, reduction='none')
+
+
+def image_decoder(conf, features_dim: int) -> nn.Module | None:
+    kind = conf.image_decoder
+    if kind == 'cnn':
+        return ConvDecoder(features_dim, conf.image_channels, conf.cnn_depth)
+    if kind == 'cnn_minatar':
+        return MinAtarDecoder(features_dim, conf.image_channels, conf.cnn_depth)
+    if kind == 'dense':
+        return DenseImageDecoder(features_dim, (conf.image_channels, conf.image_size, conf.image_size),
+                                 conf.image_decoder_layers, conf.layer_norm)
+    if kind in ('', 'none'):
+        return None
+    raise ValueError(f"image_decoder must be cnn, cnn_minatar, dense or none, got {kind!r}.")
+
+
+class MultiDecoder(nn.Module):
+    """Image, vecobs, reward and terminal decoders with their weighted reconstruction loss."""
+
+    def __init__(self, conf, features_dim: int):
+        super().__init__()
+        self.image_categorical = conf.image_categorical
+        self.weights = {'image': conf.image_weight, 'vecobs': conf.vecobs_weight,
+                        'reward': conf.reward_weight, 'terminal': conf.terminal_weight}
+        self.image = image_decoder(conf, features_dim)
+        self.vecobs = MLP(features_dim, conf.vecobs_size, 400, 4, conf.layer_norm) if conf.vecobs_size else None
+        self.reward = MLP(features_dim, 1, conf.mlp_dim, conf.reward_decoder_layers, conf.layer_norm)
+        self.terminal = MLP(features_dim, 1, conf.mlp_dim, conf.terminal_decoder_layers, conf.layer_norm)
+
+    def image_prediction(self, output: Tensor) -> Tensor:
+        """Decoder output -> an image in the preprocessed observation space: the mean for continuous
+        images (x/255 - 0.5), class probabilities over C for categorical ones."""
+        output = output.float()
+        return output.softmax(-3) if self.image_categorical else output
+
+    def reward_mean(self, features: Tensor) -> Tensor:
+        return self.reward(features).float()                # (...)
+
+    def terminal_prob(self, features: Tensor) -> Tensor:
+        return torch.sigmoid(self.terminal(features).float())  # (...)
+
+    def training_step(self, features: Tensor, obs: dict[str, Tensor], with_outputs: bool = False
+                      ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """features (T, B, I, F); obs tensors (T, B, ...).
+
+        Returns the weighted reconstruction loss (T, B, I), the unweighted terms {name: (T, B, I)}
+        and, with `with_outputs`, the decoded outputs averaged over I: image_rec (T, B, C, H, W),
+        reward_rec and terminal_rec (T, B), vecobs_rec (T, B, V).
+        """
+        assert features.dim() == 4, f'features must be (T, B, I, F), got {tuple(features.shape)}'
+        terms: dict[str, Tensor] = {}
+        outputs: dict[str, Tensor] = {}
+        if self.image is not None:
+            out = self.image(features)                                     # (T, B, I, C, H, W)
+            terms['image'] = image_loss(out, obs['image'].unsqueeze(2), self.image_categorical)
+            if with_outputs:
+                outputs['image_rec'] = self.image_prediction(out).mean(2)
+        if self.vecobs is not None:
+            out = self.vecobs(features)                                    # (T, B, I, V)
+            terms['vecobs'] = mse_loss(out, obs['vecobs'].unsqueeze(2)).sum(-1)
+            if with_outputs:
+                outputs['vecobs_rec'] = out.float().mean(2)
+        reward = self.reward(features)                                     # (T, B, I)
+        terms['reward'] = mse_loss(reward, obs['reward'].unsqueeze(2))
+        terminal = self.terminal(features)                                 # (T, B, I)
+        terms['terminal'] = bernoulli_loss(terminal, obs['terminal'].unsqueeze(2).expand_as(terminal))
+        if with_outputs:
+            outputs['reward_rec'] = reward.float().mean(2)
+            outputs['terminal_rec'] = torch.sigmoid(terminal.float()).mean(2)
+        loss = sum(self.weights[name] * term for name, term in terms.items())
+        return loss, terms, outputs

@@ -1,0 +1,152 @@
+"""Pure tensor functions of DreamerV2: latent distributions, KL balancing, λ-returns.
+
+Latent parameters ("params") are the raw outputs of the RSSM's prior or posterior layer:
+- discrete latents (stoch_discrete K > 0): logits of shape (..., S*K), S categoricals of K classes;
+- Gaussian latents (stoch_discrete == 0): (..., 2*S), mean and pre-activation std.
+All functions compute in float32, whatever the dtype of their inputs (bf16 under autocast).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Gaussian latents: std = MAX_STD * sigmoid(x) + MIN_STD, as pydreamer's diag_normal.
+MIN_STD, MAX_STD = 0.1, 2.0
+
+
+def _categorical_logp(params: Tensor, classes: int) -> Tensor:
+    # (..., S*K) -> (..., S, K) normalised log-probabilities
+    return params.float().unflatten(-1, (-1, classes)).log_softmax(-1)
+
+
+def _normal(params: Tensor) -> tuple[Tensor, Tensor]:
+    mean, std = params.float().chunk(2, -1)
+    return mean, MAX_STD * torch.sigmoid(std) + MIN_STD
+
+
+def _inverse_cdf(probs: Tensor, noise: Tensor | None) -> Tensor:
+    # probs (..., S, K), noise uniforms (..., S, 1) -> the index of the first class whose
+    # cumulative probability exceeds u: (..., S, 1)
+    if noise is None:
+        noise = torch.rand(probs.shape[:-1] + (1,), device=probs.device)
+    return (probs.cumsum(-1) < noise).sum(-1, keepdim=True).clamp_(max=probs.shape[-1] - 1)
+
+
+def sample_index(params: Tensor, classes: int, noise: Tensor | None = None) -> Tensor:
+    """Category indices (..., S) sampled from logits (..., S*K); noise: uniforms (..., S, 1).
+    The same draw as `sample_latent` with the same noise, without the one-hot."""
+    return _inverse_cdf(_categorical_logp(params, classes).exp(), noise).squeeze(-1)
+
+
+def sample_latent(params: Tensor, classes: int, noise: Tensor | None = None) -> Tensor:
+    """A reparameterised sample: straight-through one-hot (DreamerV2 eq. 1-2 and Algorithm 1) or Gaussian.
+
+    params (..., S*K) or (..., 2S); noise: uniforms (..., S, 1) for categoricals, standard normals
+    (..., S) for Gaussians, drawn here when None. Passing the noise makes sampling deterministic,
+    which is how a step-by-step rollout is made to equal the whole-sequence call.
+    Returns (..., S*K) or (..., S), float32.
+    """
+    if classes:
+        probs = _categorical_logp(params, classes).exp()                      # (..., S, K)
+        onehot = torch.zeros_like(probs).scatter_(-1, _inverse_cdf(probs, noise), 1.0)
+        # straight-through gradients: the forward value is exactly `onehot` (p - p == 0)
+        return (onehot + probs - probs.detach()).flatten(-2)
+    mean, std = _normal(params)
+    if noise is None:
+        noise = torch.randn_like(mean)
+    return mean + std * noise
+
+
+def latent_noise(shape: tuple[int, ...], stoch_dim: int, classes: int, device) -> Tensor:
+    """The noise `sample_latent` would draw for a batch of `shape` (e.g. (T, B))."""
+    if classes:
+        return torch.rand(shape + (stoch_dim, 1), device=device)
+    return torch.randn(shape + (stoch_dim,), device=device)
+
+
+def latent_kl(post: Tensor, prior: Tensor, classes: int) -> Tensor:
+    """KL(post || prior), summed over the S latent variables. (...,P), (...,P) -> (...)"""
+    if classes:
+        lq, lp = _categorical_logp(post, classes), _categorical_logp(prior, classes)
+        return (lq.exp() * (lq - lp)).sum((-1, -2))
+    (mq, sq), (mp, sp) = _normal(post), _normal(prior)
+    return (torch.log(sp / sq) + (sq ** 2 + (mq - mp) ** 2) / (2 * sp ** 2) - 0.5).sum(-1)
+
+
+def latent_entropy(params: Tensor, classes: int) -> Tensor:
+    """Entropy, summed over the S latent variables. (..., P) -> (...)"""
+    if classes:
+        logp = _categorical_logp(params, classes)
+        return -(logp.exp() * logp).sum((-1, -2))
+    _, std = _normal(params)
+    return (0.5 + 0.5 * math.log(2 * math.pi) + torch.log(std)).sum(-1)
+
+
+def latent_log_prob(params: Tensor, sample: Tensor, classes: int) -> Tensor:
+    """log p(sample), summed over latents; sample (..., S*K) one-hot or (..., S). -> (...)"""
+    if classes:
+        logp = _categorical_logp(params, classes)
+        return (sample.float().unflatten(-1, (-1, classes)) * logp).sum((-1, -2))
+    mean, std = _normal(params)
+    z = (sample.float() - mean) / std
+    return (-0.5 * z ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def kl_balanced(post: Tensor, prior: Tensor, classes: int, balance: float) -> tuple[Tensor, Tensor]:
+    """KL balancing (DreamerV2 Algorithm 2): the prior is trained towards the posterior with weight
+    `balance`, the posterior regularised towards the prior with 1 - balance.
+
+        loss = balance * KL(sg(post) || prior) + (1 - balance) * KL(post || sg(prior))
+
+    Returns (loss, exact KL), both (...). The two values are equal; only the gradients differ.
+    """
+    kl_prior_side = latent_kl(post.detach(), prior, classes)
+    kl_post_side = latent_kl(post, prior.detach(), classes)
+    return balance * kl_prior_side + (1 - balance) * kl_post_side, kl_prior_side.detach()
+
+
+def lambda_return(reward: Tensor, value: Tensor, discount: Tensor, lambda_: float) -> Tensor:
+    """TD(λ) targets (DreamerV2 eq. 4), bootstrapped from the last value.
+
+    reward (H, M): reward received on the transition t -> t+1;
+    value (H+1, M): value estimates of states 0..H;
+    discount (H, M): γ·(1 - terminal of state t+1).
+
+        R[t] = reward[t] + discount[t] * ((1 - λ) value[t+1] + λ R[t+1]),   R[H] = value[H]
+
+    Returns (H, M). λ = 0 gives one-step TD targets, λ = 1 the discounted Monte-Carlo return.
+    """
+    assert value.shape[0] == reward.shape[0] + 1 and reward.shape == discount.shape
+    # The λ-independent part is computed for all steps at once; only the recursion loops.
+    base = reward + discount * (1 - lambda_) * value[1:]
+    decay = discount * lambda_
+    returns = []
+    last = value[-1]
+    for t in range(reward.shape[0] - 1, -1, -1):
+        last = base[t] + decay[t] * last
+        returns.append(last)
+    return torch.stack(returns[::-1])
+
+
+def logavgexp(x: Tensor, dim: int) -> Tensor:
+    """log(mean(exp(x))) along dim: the IWAE average of likelihoods."""
+    if x.shape[dim] == 1:
+        return x.squeeze(dim)
+    return x.logsumexp(dim) - math.log(x.shape[dim])
+
+
+def clip_rewards(reward: Tensor, mode: str) -> Tensor:
+    """Reward squashing of the `clip_rewards` config key: none | tanh | log1p | sign."""
+    if mode in ('', 'none'):
+        return reward
+    if mode == 'tanh':
+        return torch.tanh(reward)
+    if mode == 'log1p':
+        # symmetric, so negative rewards below -1 stay finite (upstream's plain log1p gave NaN)
+        return torch.sign(reward) * torch.log1p(reward.abs())
+    if mode == 'sign':
+        return torch.sign(reward)
+    raise ValueError(f"clip_rewards must be none, tanh, log1p or sign, got {mode!r}.")

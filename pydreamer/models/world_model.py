@@ -1,0 +1,128 @@
+"""The DreamerV2 world model: encoder, RSSM, decoders and its loss (DreamerV2 eq. 2)."""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from pydreamer.models.common import init_weights_tf2
+from pydreamer.models.decoders import MultiDecoder
+from pydreamer.models.encoders import MultiEncoder
+from pydreamer.models.functions import (
+    kl_balanced, latent_entropy, latent_kl, latent_log_prob, logavgexp, sample_latent)
+from pydreamer.models.rssm import RSSM, State
+
+
+class WorldModelOutput(NamedTuple):
+    loss: Tensor                    # scalar
+    features: Tensor                # (T, B, I, F)
+    states: State                   # h (T, B, I, D), z (T, B, I, Z): every posterior state
+    out_state: State                # ((B·I, D), (B·I, Z)), detached
+    metrics: dict[str, Tensor]      # scalars, detached
+    tensors: dict[str, Tensor]      # (T, B, ...) detached, for logging
+
+
+class WorldModel(nn.Module):
+
+    def __init__(self, conf):
+        super().__init__()
+        self.kl_weight = conf.kl_weight
+        self.kl_balance = conf.kl_balance
+        self.iwae_samples = conf.iwae_samples
+        self.encoder = MultiEncoder(conf)
+        self.rssm = RSSM(conf, self.encoder.out_dim)
+        self.decoder = MultiDecoder(conf, self.rssm.feature_dim)
+        init_weights_tf2(self)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.rssm.feature_dim
+
+    def init_state(self, batch_size: int) -> State:
+        return self.rssm.init_state(batch_size)
+
+    def training_step(self, obs: dict[str, Tensor], in_state: State, iwae_samples: int | None = None,
+                      do_image_pred: bool = False, noise: Tensor | None = None) -> WorldModelOutput:
+        """obs: preprocessed tensors (T, B, ...): image, [vecobs], action, reward, terminal, reset.
+
+        loss = mean over (T, B) of -logavgexp_I(-(kl_weight·KL + Σ weight·reconstruction)),
+        which is the plain ELBO-style loss when iwae_samples == 1.
+        """
+        I = iwae_samples or self.iwae_samples
+        T, B = obs['reward'].shape[:2]
+        classes = self.rssm.classes
+        embed = self.encoder(obs)                                             # (T, B, E)
+        seq = self.rssm(embed, obs['action'], obs['reset'], in_state, iwae_samples=I, noise=noise)
+        features = self.rssm.feature(seq.h, seq.z)                            # (T, B, I, F)
+        assert features.shape[:3] == (T, B, I)
+        loss_reconstr, terms, outputs = self.decoder.training_step(features, obs, with_outputs=do_image_pred)
+
+        if I == 1:
+            loss_kl, kl_exact = kl_balanced(seq.post, seq.prior, classes, self.kl_balance)   # (T, B, I)
+        else:
+            # IWAE needs the sampled KL, log q(z) - log p(z), so that samples can be weighted
+            loss_kl = (latent_log_prob(seq.post, seq.z, classes) - latent_log_prob(seq.prior, seq.z, classes))
+            kl_exact = latent_kl(seq.post, seq.prior, classes).detach()
+        loss_tbi = self.kl_weight * loss_kl + loss_reconstr                   # (T, B, I)
+        loss = -logavgexp(-loss_tbi, dim=2)                                   # (T, B)
+
+        with torch.no_grad():
+            entropy_prior = latent_entropy(seq.prior, classes)
+            entropy_post = latent_entropy(seq.post, classes)
+            metrics = {'loss_model': loss.mean(), 'loss_kl': kl_exact.mean(),
+                       'entropy_prior': entropy_prior.mean(), 'entropy_post': entropy_post.mean()}
+            metrics.update({f'loss_{name}': term.mean() for name, term in terms.items()})
+            tensors = {'loss_kl': kl_exact.mean(2), 'entropy_prior': entropy_prior.mean(2),
+                       'entropy_post': entropy_post.mean(2)}
+            tensors.update({f'loss_{name}': term.detach().mean(2) for name, term in terms.items()})
+            tensors.update(outputs)
+            if do_image_pred:
+                self._one_step_prediction(seq, obs, metrics, tensors)
+        return WorldModelOutput(loss.mean(), features, (seq.h, seq.z), seq.out_state,
+                                {k: v.detach() for k, v in metrics.items()}, tensors)
+
+    def _one_step_prediction(self, seq, obs: dict[str, Tensor], metrics: dict, tensors: dict) -> None:
+        """Decode from a prior sample instead of the posterior: how well the model predicts each
+        observation before seeing it. Adds loss_*_pred metrics and *_pred tensors."""
+        z_prior = sample_latent(seq.prior, self.rssm.classes)
+        features = self.rssm.feature(seq.h, z_prior)                          # (T, B, I, F)
+        _, terms, outputs = self.decoder.training_step(features, obs, with_outputs=True)
+        metrics.update({f'loss_{name}_pred': term.mean() for name, term in terms.items()})
+        tensors.update({k.replace('_rec', '_pred'): v for k, v in outputs.items()})
+
+    @torch.no_grad()
+    def dream(self, obs: dict[str, Tensor], in_state: State, context: int = 1,
+              actor: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+        """Open-loop prediction for the dream visualisation.
+
+        The first `context` steps are observed (posterior); from then on the model only imagines
+        (prior), fed with the recorded actions and resets of `obs`, or with actions from
+        `actor(feature (B, F)) -> action (B, A)` when given. Returns, all (T, B, ...):
+        image_pred (observation space: mean image, or class probabilities when categorical),
+        reward_pred, terminal_pred, action (the actions used), and `observed` (bool, T).
+        """
+        T, B = obs['reward'].shape[:2]
+        embed = self.encoder(obs)
+        state = in_state
+        features, actions = [], []
+        for t in range(T):
+            action, reset = obs['action'][t], obs['reset'][t]
+            if t < context:
+                _, state = self.rssm.observe_step(embed[t], action, reset, state)
+            else:
+                if actor is not None:
+                    action = actor(features[-1]).to(action.dtype)
+                _, state = self.rssm.imagine_step(action, state, reset=reset)
+            features.append(self.rssm.feature(*state))
+            actions.append(action)
+        features = torch.stack(features)                                      # (T, B, F)
+        out = {'reward_pred': self.decoder.reward_mean(features),
+               'terminal_pred': self.decoder.terminal_prob(features),
+               'action': torch.stack(actions).float(),
+               'observed': torch.arange(T, device=features.device) < context}
+        if self.decoder.image is not None:
+            out['image_pred'] = self.decoder.image_prediction(self.decoder.image(features))
+        return out
+

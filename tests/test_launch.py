@@ -1,0 +1,73 @@
+"""End-to-end: launch.py with generators and a learner, on the real `debug` config section."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from pydreamer import tracking
+from pydreamer.checkpoint import RunCheckpoints, read_checkpoint
+from pydreamer.config import PROJECT_ROOT
+
+LAUNCH = [sys.executable, str(PROJECT_ROOT / 'launch.py'), '--configs', 'defaults', 'minatar', 'debug']
+
+
+def _launch(args, cwd, timeout=120):
+    return subprocess.run(LAUNCH + args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def _only_run():
+    c = tracking.client()
+    runs = c.search_runs([c.get_experiment_by_name('pydreamer').experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def _checkpoint_step(run_id, tmp_path):
+    local = RunCheckpoints(run_id).download(str(tmp_path / 'ckpt'))
+    return None if local is None else read_checkpoint(local)['step']
+
+
+def test_debug_run_trains_and_generates_with_the_network_policy(mlflow_local, tmp_path):
+    out = _launch(['--run_name', 'e2e'], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = _only_run()
+    assert run.info.status == 'FINISHED'
+    run_id = run.info.run_id
+    assert _checkpoint_step(run_id, tmp_path) == 40
+    history = tracking.client().get_metric_history(run_id, 'train/loss_model')
+    assert [m.step for m in history] == list(range(5, 41, 5))
+    for key in ('train/loss_kl', 'train/loss_image', 'train/loss_reward', 'train/loss_terminal',
+                'train/entropy_prior', 'train/entropy_post', 'train/loss_actor', 'train/loss_critic',
+                'train/policy_entropy', 'train/policy_value', 'train/grad_norm_wm', 'train/fps',
+                'eval/loss_model', 'agent/return', 'agent/policy_value', 'agent/policy_entropy'):
+        assert key in run.data.metrics, key
+    names = {a.path for a in tracking.client().list_artifacts(run_id, 'dreams')}
+    assert 'dreams/dream_0000040.png' in names
+    assert tracking.client().list_artifacts(run_id, 'episodes')
+
+
+def test_killed_learner_resumes_from_its_checkpoint(mlflow_local, tmp_path):
+    proc = subprocess.Popen(LAUNCH + ['--n_steps', '100000', '--save_interval', '5'], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        step = None
+        while time.time() < deadline and not step:
+            time.sleep(2)
+            runs = tracking.client().search_runs(
+                [e.experiment_id for e in tracking.client().search_experiments()])
+            if runs:
+                step = _checkpoint_step(runs[0].info.run_id, tmp_path)
+        assert step, 'no checkpoint appeared within 90 s'
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    run_id = _only_run().info.run_id
+    step = _checkpoint_step(run_id, tmp_path)
+    out = _launch(['--resume_id', run_id, '--n_steps', str(step + 10)], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f'at step {step}' in out.stderr
+    assert _checkpoint_step(run_id, tmp_path) == step + 10
+    logged = [m.step for m in tracking.client().get_metric_history(run_id, 'train/loss_model')]
+    assert max(logged) > step
