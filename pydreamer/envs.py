@@ -160,7 +160,7 @@ def _make_minatar(env_id: str, action_repeat: int) -> tuple[gymnasium.Env, ObsFn
 class _GrayFrames(gymnasium.Wrapper):
     """Sits on the frameskip=1 ALE env, below AtariPreprocessing, and copies ALE's own grayscale
     screen (`getScreenGrayscale`, the frames the atari_net agents were trained on; for some games,
-    e.g. AirRaid, far from a grayscale conversion of the RGB screen) after every emulator frame.
+    e.g. AirRaid, far from a grayscale conversion of the RGB screen) after emulator frames.
 
     `count` is the number of frames since `clear()` (called at the start of each agent step);
     only the last two frames of an agent step of `frame_skip` frames are copied, as ALE's
@@ -232,12 +232,11 @@ class _AtariScreens(gymnasium.Wrapper):
 def _atari_obs(screens: dict[str, np.ndarray], gray: bool) -> dict[str, np.ndarray]:
     """Native max-pooled screens -> the 64x64 image plus the native grayscale screen (ALE's own
     grayscale, which the atari_net policy resizes to 84x84)."""
-    frame = screens['rgb']
     size = (ATARI_IMAGE_SIZE, ATARI_IMAGE_SIZE)
-    if gray:
-        image = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA)[:, :, None]
+    if gray:  # ALE's own grayscale, as pydreamer got it from AtariPreprocessing(grayscale_obs=True)
+        image = cv2.resize(screens['gray'], size, interpolation=cv2.INTER_AREA)[:, :, None]
     else:
-        image = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+        image = cv2.resize(screens['rgb'], size, interpolation=cv2.INTER_AREA)
     return {'image': image, 'screen_gray': screens['gray']}
 
 

@@ -23,6 +23,7 @@ from pydreamer.config import Config
 from pydreamer.envs import Env, first_row, make_env, next_row
 from pydreamer.episodes import EpisodeChunker, EpisodeFile, resume_point, save_episode
 from pydreamer.policies import NetworkPolicy, make_policy
+from pydreamer.processes import stop_requested
 from pydreamer.tracking import MetricsLogger
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def run(conf: Config, run_id: str, worker: int) -> None:
                mininterval=2.0, position=worker, leave=False)
     start_time, start_steps = time.time(), steps
     try:
-        while steps < target_steps:
+        while steps < target_steps and not stop_requested():
             game = min(range(len(env_ids)), key=lambda g: steps_per_game[g])
             if game not in envs:
                 envs[game] = make_env(env_ids[game], action_repeat=conf.env_action_repeat,
@@ -147,7 +148,7 @@ def _play_episode(env: Env, policy, game: int, episode: int, chunker: EpisodeChu
     files = store(first_row(obs, env.action_dim))
     rows, ep_return, reset = 1, 0.0, True
     sums: dict[str, float] = defaultdict(float)
-    while rows < max_rows:
+    while rows < max_rows and not stop_requested():
         action, metrics = policy({**obs, 'reset': reset})
         for key, value in metrics.items():
             sums[key] += value

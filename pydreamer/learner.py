@@ -25,6 +25,7 @@ from pydreamer.data import BatchStream, EpisodeIndex
 from pydreamer.dreams import dream_strip
 from pydreamer.models.dreamer import Dreamer
 from pydreamer.preprocess import preprocess
+from pydreamer.processes import stop_requested
 from pydreamer.tracking import MetricsLogger, client
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
     timer_start, steps_at_timer = time.time(), step
     bar = tqdm(total=conf.n_steps, initial=step, desc='learner', unit='step', mininterval=2.0)
     try:
-        while step < conf.n_steps:
+        while step < conf.n_steps and not stop_requested():
             if data_run == run_id and train_index.total_steps >= conf.n_env_steps:
                 log.info('The run holds n_env_steps=%d steps of data; stopping.', conf.n_env_steps)
                 break

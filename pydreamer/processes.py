@@ -34,14 +34,24 @@ def threads_per_process(n_processes: int, configured: int = 0) -> int:
     return configured if configured > 0 else max(1, (os.cpu_count() or 1) // max(1, n_processes))
 
 
-def _exit_on_sigterm(signum, frame):
-    # SIGTERM from the launcher becomes SystemExit so that `finally` blocks flush buffered data.
-    raise SystemExit(0)
+_stop_requested = False
+
+
+def stop_requested() -> bool:
+    """True once the launcher asked this process to stop; loops check it and then end cleanly."""
+    return _stop_requested
+
+
+def _request_stop(signum, frame):
+    # Only a flag: raising here could interrupt an sqlite transaction and leave the store locked.
+    global _stop_requested
+    _stop_requested = True
 
 
 def _child_main(name: str, threads: int, target: Callable[..., Any], args: tuple) -> None:
     configure_logging(name)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the launcher, which stops us by SIGTERM
     import torch
     torch.set_num_threads(threads)
     target(*args)

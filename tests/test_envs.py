@@ -1,4 +1,6 @@
+import ale_py
 import cv2
+import gymnasium
 import numpy as np
 import pytest
 
@@ -76,12 +78,119 @@ def test_atari_shapes(env_id):
     for action in [0, 1, 17]:
         assert obs['image'].shape == (64, 64, channels) and obs['image'].dtype == np.uint8
         assert obs['screen_gray'].shape == (210, 160) and obs['screen_gray'].dtype == np.uint8
-        if channels == 1:
-            expected = cv2.resize(obs['screen_gray'], (64, 64), interpolation=cv2.INTER_AREA)
-            np.testing.assert_array_equal(obs['image'][:, :, 0], expected)
         obs, reward, terminated, truncated = env.step(action)
         assert not (terminated or truncated)
     env.close()
+
+
+class ReferenceAtari:
+    """pydreamer's Atari protocol stepped by hand on a raw ALE env with the same seed (so the same
+    no-op count and sticky actions), keeping both the RGB and ALE's grayscale screen of each frame.
+
+    Frames pooled, as gymnasium 1.4's AtariPreprocessing does: the screen after the no-ops at
+    reset; the last two frames of a step; when the game ends mid-step the ending frame is never
+    recorded, so ending on the last frame pools the previous observation with the second-to-last
+    frame and ending earlier repeats the previous observation.
+    """
+
+    def __init__(self, game, frame_skip):
+        gymnasium.register_envs(ale_py)
+        self.env = gymnasium.make(f'ALE/{game}-v5', frameskip=1, repeat_action_probability=0.25,
+                                  full_action_space=True)
+        self.ale = self.env.unwrapped.ale
+        self.frame_skip = frame_skip
+
+    def screens(self):
+        return self.ale.getScreenRGB(), self.ale.getScreenGrayscale()
+
+    def reset(self, seed):
+        self.env.reset(seed=seed)
+        for _ in range(self.env.unwrapped.np_random.integers(1, 31)):
+            assert not any(self.env.step(0)[2:4])
+        self.rgb, self.gray = self.screens()
+        self.last_gray = self.gray
+        return self.rgb, self.gray
+
+    def step(self, action):
+        """Returns the pooled RGB and gray screens, whether the game ended and at which frame."""
+        frames = []
+        for t in range(self.frame_skip):
+            _, _, terminated, truncated, _ = self.env.step(action)
+            if terminated or truncated:
+                break
+            frames.append(self.screens())
+        self.last_gray = self.ale.getScreenGrayscale()
+        rgbs, grays = [f[0] for f in frames], [f[1] for f in frames]
+        if len(frames) == self.frame_skip:
+            self.rgb, self.gray = np.max(rgbs[-2:], axis=0), np.max(grays[-2:], axis=0)
+        elif len(frames) == self.frame_skip - 1 > 0:
+            self.rgb, self.gray = np.maximum(self.rgb, rgbs[-1]), np.maximum(self.gray, grays[-1])
+        return self.rgb, self.gray, terminated or truncated, t
+
+    def close(self):
+        self.env.close()
+
+
+def assert_matches_reference(obs, rgb, gray, gray_image):
+    np.testing.assert_array_equal(obs['screen_gray'], gray)
+    # The same frames are max-pooled for the 64x64 image (AtariGray: from ALE's grayscale, as upstream).
+    frame = gray[:, :, None] if gray_image else rgb
+    expected = cv2.resize(frame, (64, 64), interpolation=cv2.INTER_AREA).reshape(64, 64, -1)
+    np.testing.assert_array_equal(obs['image'], expected)
+
+
+@pytest.mark.parametrize('env_id', ['Atari-AirRaid', 'AtariGray-AirRaid', 'Atari-Pong'])
+def test_atari_screen_gray_is_pooled_ale_grayscale(env_id):
+    """screen_gray is the max of ALE's getScreenGrayscale over the last two frames of each step."""
+    game = env_id.partition('-')[2]
+    env, ref = make_env(env_id, action_repeat=4, seed=5), ReferenceAtari(game, 4)
+    rng = np.random.default_rng(0)
+    obs, (rgb, gray) = env.reset(), ref.reset(5)
+    assert_matches_reference(obs, rgb, gray, env_id.startswith('AtariGray-'))
+    pooling_matters = cvtcolor_differs = 0
+    for _ in range(150):
+        action = int(rng.integers(18))
+        obs, reward, terminated, truncated = env.step(action)
+        rgb, gray, ended, _ = ref.step(action)
+        assert not (ended or terminated or truncated)
+        assert_matches_reference(obs, rgb, gray, env_id.startswith('AtariGray-'))
+        assert (obs['screen_gray'] >= ref.last_gray).all()
+        pooling_matters += not np.array_equal(gray, ref.last_gray)
+        cvtcolor_differs += np.mean(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) != gray)
+    # The check can fail: the last frame alone differs from the pooled one on many steps ...
+    assert pooling_matters > 10
+    if game == 'AirRaid':
+        # ... and for AirRaid a grayscale conversion of the RGB screen is far from ALE's grayscale.
+        assert cvtcolor_differs / 150 > 0.5
+    env.close()
+    ref.close()
+
+
+@pytest.mark.parametrize('game, frame_skip, seed, end_frame', [
+    ('Breakout', 4, 0, 2),   # game over before the last frame of the step
+    ('Breakout', 4, 2, 0),   # ... on its first frame
+    ('Breakout', 3, 2, 2),   # ... on the last frame
+    ('AirRaid', 4, 2, 3),    # ... on the last frame
+    ('Breakout', 1, 0, 0),   # no frame skip
+])
+def test_atari_screen_gray_at_game_over(game, frame_skip, seed, end_frame):
+    """Through a whole episode, including the terminal step, screen_gray pools the same frames as image."""
+    env, ref = make_env(f'Atari-{game}', action_repeat=frame_skip, seed=seed), ReferenceAtari(game, frame_skip)
+    rng = np.random.default_rng(seed)
+    obs, (rgb, gray) = env.reset(), ref.reset(seed)
+    assert_matches_reference(obs, rgb, gray, False)
+    for _ in range(5000):
+        action = int(rng.integers(18))
+        obs, reward, terminated, truncated = env.step(action)
+        rgb, gray, ended, frame = ref.step(action)
+        assert_matches_reference(obs, rgb, gray, False)
+        assert ended == (terminated or truncated)
+        if ended:
+            break
+    assert terminated, "the game did not end"
+    assert frame == end_frame, "the episode no longer ends where this case expects: pick another seed"
+    env.close()
+    ref.close()
 
 
 def test_atari_action_repeat_skips_frames():

@@ -50,14 +50,37 @@ class MLP(nn.Module):
         return y.squeeze(-1) if self.out_dim == 1 else y
 
 
+class _OneHotMatmul(torch.autograd.Function):
+    """onehot(index) @ table as an embedding bag; the table's gradient as a dense product.
+
+    The forward gathers S rows per sample instead of multiplying by an (S·K)-wide, mostly-zero
+    input. Backward, embedding_bag's own sparse kernel (sort + segment sums) is slower on CPU
+    than the plain product onehot^T @ grad, so that is used. No gradient for the indices.
+    """
+
+    @staticmethod
+    def forward(ctx, table: Tensor, index: Tensor) -> Tensor:
+        # table (S·K, out), index (N, S) -> (N, out)
+        ctx.save_for_backward(index)
+        ctx.rows = table.shape[0]
+        return F.embedding_bag(index, table, mode='sum')
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        index, = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        onehot = grad.new_zeros(index.shape[0], ctx.rows).scatter_(1, index, 1.0)
+        return onehot.t() @ grad, None
+
+
 def onehot_matmul(weight: Tensor, z_index: Tensor, dtype: torch.dtype) -> Tensor:
-    """weight @ onehot(z_index) for weight (out, S·K) and flat indices z_index (..., S) -> (..., out):
-    a sum of S weight columns (an embedding bag) instead of a product with a mostly-zero input."""
-    # (S·K, out), row-major: embedding_bag on the transposed view is ~50 times slower than on a copy;
-    # under autocast the copy is bf16, as the matmul would use
+    """weight @ onehot(z_index) for weight (out, S·K) and flat indices z_index (..., S) -> (..., out)."""
+    # (S·K, out) row-major: embedding_bag on the transposed view is ~50 times slower than on a
+    # copy; under autocast the copy is bf16, as the matmul would use
     table = weight.t().to(dtype).contiguous()
-    bag = F.embedding_bag(z_index.reshape(-1, z_index.shape[-1]), table, mode='sum')
-    return bag.view(z_index.shape[:-1] + (weight.shape[0],))
+    out = _OneHotMatmul.apply(table, z_index.reshape(-1, z_index.shape[-1]))
+    return out.view(z_index.shape[:-1] + (weight.shape[0],))
 
 
 def onehot_linear(layer: nn.Linear, h: Tensor, z_index: Tensor) -> Tensor:
