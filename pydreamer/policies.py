@@ -9,16 +9,17 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from pydreamer.checkpoint import CheckpointError, RunCheckpoints, read_checkpoint
-from pydreamer.config import Config
+from pydreamer.config import PROJECT_ROOT, Config
 
 log = logging.getLogger(__name__)
 
-POLICY_NAMES = ('random', 'network')
+POLICY_NAMES = ('random', 'network', 'dqn', 'atari_net')
 
 
 class RandomPolicy:
@@ -94,9 +95,26 @@ class NetworkPolicy:
                        'policy_entropy': float(metrics['policy_entropy'][0])}
 
 
+def checkpoint_folder(conf: Config, key: str, env_id: str) -> Path:
+    """The checkpoint folder that the map in config key `key` gives for `env_id` (relative paths
+    are taken from the project root, where `dqn/train_agents.py` writes)."""
+    folders = getattr(conf, key)
+    if not isinstance(folders, dict) or env_id not in folders:
+        known = ', '.join(folders) if isinstance(folders, dict) else 'nothing'
+        raise ValueError(f'Config key {key} must map {env_id} to a checkpoint folder; it maps {known}.')
+    path = Path(folders[env_id])
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
 def make_policy(name: str, conf: Config, run_id: str, env_id: str, action_dim: int, seed: int):
     if name == 'random':
         return RandomPolicy(action_dim, seed)
+    if name == 'dqn':
+        from dqn.policy import DQNPolicy
+        return DQNPolicy(checkpoint_folder(conf, 'dqn_dir', env_id), n_actions=action_dim, seed=seed)
+    if name == 'atari_net':
+        from atari_net import AtariNetPolicy, ale_game_name
+        return AtariNetPolicy(checkpoint_folder(conf, 'atari_net_dir', env_id), ale_game_name(env_id), seed=seed)
     if name == 'network':
         prefill = conf.generator_prefill_policy if conf.generator_prefill_policy != 'network' else 'random'
         fallback = make_policy(prefill, conf, run_id, env_id, action_dim, seed)

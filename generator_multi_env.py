@@ -1,0 +1,25 @@
+"""Multi-environment dataset generator (one worker process of launch_generator_multi_env.py).
+
+Plays the configured games, always the one with the fewest steps so far in this worker, with
+random prefill and then `policy_main` (dqn: MinAtar DQN agents, atari_net: DQN_modern Atari
+agents, each drawing one of the game's checkpoints per episode to mix skill levels). Every
+stored step carries `env_id`, the index of its game in the config's env list, and one file may
+hold consecutive episodes of different games. Metrics go to `agent/*` and `agent/<game>/*`.
+"""
+from __future__ import annotations
+
+from pydreamer import generator
+from pydreamer.config import Config, ConfigError
+
+
+def check(conf: Config) -> None:
+    if isinstance(conf.env_id, str):
+        raise ConfigError(f'Config key env_id must be a list of env ids for the multi-env generator, '
+                          f'got the single id {conf.env_id!r}; write it as [{conf.env_id}].')
+    if conf.n_steps:
+        raise ConfigError(f'The multi-env generator trains nothing, but n_steps is {conf.n_steps}; '
+                          f'use the generator_multi_env section (n_steps 0).')
+
+
+def run(conf: Config, run_id: str, worker: int) -> None:
+    generator.run(conf, run_id, worker)

@@ -1,0 +1,44 @@
+"""The common shape of a stage launcher: check the config, open an mlflow run, start the stage's
+processes, wait, and close the run with the outcome."""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Mapping
+
+from pydreamer.config import Config, ConfigError
+from pydreamer.envs import make_env
+from pydreamer.generator import env_id_list
+from pydreamer.policies import make_policy
+from pydreamer.processes import Child, run_children, threads_per_process
+from pydreamer.tracking import end_run, setup_tracking, start_run
+
+log = logging.getLogger(__name__)
+
+
+def check_generator_config(conf: Config) -> None:
+    """Fail before any process starts when an env id is unknown, disagrees with action_dim, or
+    a data policy cannot be built for it (e.g. a missing checkpoint folder)."""
+    for env_id in env_id_list(conf.env_id):
+        env = make_env(env_id, action_repeat=conf.env_action_repeat)
+        n_actions = env.action_dim
+        env.close()
+        if conf.action_dim and conf.action_dim != n_actions:
+            raise ConfigError(f'Config key action_dim is {conf.action_dim} but {env_id} has {n_actions} actions.')
+        for name in {conf.generator_prefill_policy, conf.policy_main} - {'network'}:
+            try:
+                make_policy(name, conf, '', env_id, n_actions, seed=0)
+            except (ValueError, OSError) as e:
+                raise ConfigError(f'Policy {name!r} for {env_id} cannot be used: {e}') from None
+
+
+def run_stage(conf: Config, stage: str, children: Callable[[str], list[Child]],
+              tags: Mapping[str, str] | None = None) -> int:
+    """Run the stage's processes inside a new (or resumed) mlflow run; returns the exit code."""
+    uri = setup_tracking()
+    run_id = start_run(conf, stage, tags)
+    log.info('Tracking store: %s', uri)
+    procs = children(run_id)
+    code = run_children(procs, threads_per_process(len(procs), conf.torch_threads))
+    end_run(run_id, 'FINISHED' if code == 0 else 'FAILED' if code == 1 else 'KILLED')
+    log.info('Run %s ended (exit code %d).', run_id, code)
+    return code
