@@ -5,12 +5,13 @@ import logging
 import sys
 from typing import Callable
 
+from pydreamer.checkpoint import CheckpointError
 from pydreamer.config import ConfigError
 from pydreamer.envs import UnknownEnvError
 from pydreamer.logs import configure_logging
 from pydreamer.tracking import RunNotFoundError
 
-USER_ERRORS = (ConfigError, UnknownEnvError, RunNotFoundError)
+USER_ERRORS = (ConfigError, UnknownEnvError, RunNotFoundError, CheckpointError)
 
 
 def run_cli(main: Callable[[list[str]], int], name: str, argv: list[str] | None = None) -> int:

@@ -47,14 +47,16 @@ class LearnerSpec:
     data_run_id: the run whose `episodes/` and `episodes_eval/` are trained on (default: own run).
     wm_only: train the world model alone (no imagination, no actor-critic).
     wm_steps: train the world model only for this many steps, then actor-critic alone (0 = always).
-    prepare: called once on a fresh model (not on resume), e.g. to load pretrained weights and
-        freeze parts; returns params/tags to record.
+    freeze: parameter-name prefixes that are never trained (e.g. 'wm.rssm.').
+    prepare: called once on a fresh model (not on resume), e.g. to load pretrained weights;
+        returns tags to record.
     min_data_steps: wait until the data holds this many steps before training.
     wait_for_data: keep waiting for generators; when False, too little data is an error.
     """
     data_run_id: str | None = None
     wm_only: bool = False
     wm_steps: int = 0
+    freeze: tuple[str, ...] = ()
     prepare: Callable[[Dreamer], dict[str, str]] | None = None
     min_data_steps: int = 0
     wait_for_data: bool = True
@@ -66,6 +68,9 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
     data_run = spec.data_run_id or run_id
     torch.manual_seed(conf.seed)
     model = Dreamer(conf, wm_only=spec.wm_only).to(device)
+    for name, param in model.named_parameters():
+        if name.startswith(spec.freeze):
+            param.requires_grad_(False)  # frozen parameters get no gradient, so AdamW never moves them
     optimizers = model.init_optimizers()
     checkpoints = RunCheckpoints(run_id)
     metrics_logger = MetricsLogger(run_id)

@@ -41,6 +41,28 @@ def sample_index(params: Tensor, classes: int, noise: Tensor | None = None) -> T
     return _inverse_cdf(_categorical_logp(params, classes).exp(), noise).squeeze(-1)
 
 
+class _StraightThroughOneHot(torch.autograd.Function):
+    """A one-hot sample forward, the gradient of the class probabilities backward: the same values
+    and gradients as `onehot + probs - probs.detach()`, as one autograd node instead of a dozen
+    (this runs once per time step inside the RSSM loop)."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, noise: Tensor | None, classes: int) -> Tensor:
+        probs = logits.float().unflatten(-1, (-1, classes)).softmax(-1)       # (..., S, K)
+        onehot = torch.zeros_like(probs).scatter_(-1, _inverse_cdf(probs, noise), 1.0)
+        ctx.save_for_backward(probs)
+        ctx.logits_dtype = logits.dtype
+        return onehot.flatten(-2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        probs, = ctx.saved_tensors
+        grad = grad.float().unflatten(-1, probs.shape[-2:])
+        # softmax Jacobian-vector product: d probs / d logits applied to grad
+        grad_logits = probs * (grad - (grad * probs).sum(-1, keepdim=True))
+        return grad_logits.flatten(-2).to(ctx.logits_dtype), None, None
+
+
 def sample_latent(params: Tensor, classes: int, noise: Tensor | None = None) -> Tensor:
     """A reparameterised sample: straight-through one-hot (DreamerV2 eq. 1-2 and Algorithm 1) or Gaussian.
 
@@ -50,10 +72,7 @@ def sample_latent(params: Tensor, classes: int, noise: Tensor | None = None) -> 
     Returns (..., S*K) or (..., S), float32.
     """
     if classes:
-        probs = _categorical_logp(params, classes).exp()                      # (..., S, K)
-        onehot = torch.zeros_like(probs).scatter_(-1, _inverse_cdf(probs, noise), 1.0)
-        # straight-through gradients: the forward value is exactly `onehot` (p - p == 0)
-        return (onehot + probs - probs.detach()).flatten(-2)
+        return _StraightThroughOneHot.apply(params, noise, classes)
     mean, std = _normal(params)
     if noise is None:
         noise = torch.randn_like(mean)

@@ -139,7 +139,7 @@ class RSSM(nn.Module):
 
     def _recurrent(self, z: Tensor, a_proj: Tensor, h: Tensor) -> Tensor:
         # z (N, Z), a_proj (N, hidden) = a_in(a) + z_in.bias, h (N, D) -> new h (N, D)
-        x = F.elu(self.in_norm(F.linear(z, self.z_in.weight) + a_proj))
+        x = F.elu(self.in_norm(torch.addmm(a_proj, z, self.z_in.weight.t())))
         return self.gru(x, h)
 
     def prior(self, h: Tensor) -> Tensor:
@@ -148,7 +148,7 @@ class RSSM(nn.Module):
 
     def _post(self, h: Tensor, e_proj: Tensor) -> Tensor:
         # e_proj (N, hidden) = post_e(embed) + post_h.bias
-        return self.post_out(F.elu(self.post_norm(F.linear(h, self.post_h.weight) + e_proj)))
+        return self.post_out(F.elu(self.post_norm(torch.addmm(e_proj, h, self.post_h.weight.t()))))
 
     def _action_proj(self, action: Tensor) -> Tensor:
         return self.a_in(action) + self.z_in.bias

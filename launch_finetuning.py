@@ -1,0 +1,40 @@
+"""Stage 4: fine-tune a pretrained world model with a new actor-critic on an unseen game.
+
+    python launch_finetuning.py --configs defaults minatar finetune \\
+        --model_checkpoint runs:/<wm run>/checkpoints/latest.pt --env_id MinAtar/SpaceInvaders-v0
+
+Generators on the new game (random prefill, then this run's own actor) and the fine-tuning
+learner run together, as in launch.py; the checkpoint is checked before any process starts.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+
+import train_finetune
+from pydreamer import generator
+from pydreamer.checkpoint import read_checkpoint
+from pydreamer.cli import run_cli
+from pydreamer.config import parse_args
+from pydreamer.pretrained import check_compatible, fetch_checkpoint
+from pydreamer.processes import Child
+from pydreamer.stage import check_generator_config, run_stage
+
+
+def main(argv: list[str]) -> int:
+    conf = parse_args(argv, default_sections=('defaults', 'minatar', 'finetune'))
+    check_generator_config(conf)
+    if not conf.resume_id:
+        with tempfile.TemporaryDirectory(prefix='pydreamer-check-') as tmp:
+            payload = read_checkpoint(fetch_checkpoint(conf.model_checkpoint, tmp))
+        check_compatible(payload['config'], conf, conf.load_parts, conf.model_checkpoint)
+
+    def children(run_id: str) -> list[Child]:
+        return [Child(f'generator-{w}', generator.run, (conf, run_id, w)) for w in range(conf.generator_workers)] + \
+               [Child('learner', train_finetune.run, (conf, run_id), ends_job=True)]
+
+    return run_stage(conf, 'finetune', children, tags={'pretrained_checkpoint': conf.model_checkpoint})
+
+
+if __name__ == '__main__':
+    sys.exit(run_cli(main, 'launch_finetuning'))

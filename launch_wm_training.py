@@ -1,0 +1,36 @@
+"""Stage 3: train one world model on a (multi-environment) dataset run.
+
+    python launch_wm_training.py --configs defaults minatar wm_training --mlflow_run_id <data run>
+"""
+from __future__ import annotations
+
+import sys
+
+import train_wm_only
+from pydreamer.artifacts import ArtifactFolder
+from pydreamer.cli import run_cli
+from pydreamer.config import ConfigError, parse_args
+from pydreamer.processes import Child
+from pydreamer.stage import run_stage
+from pydreamer.tracking import get_run, setup_tracking
+
+
+def check_data_run(run_id: str) -> None:
+    """The data run must exist, and hold episodes unless its generators are still running."""
+    if not run_id:
+        raise ConfigError('Config key mlflow_run_id is empty; give the id of the dataset run to train on.')
+    setup_tracking()
+    run = get_run(run_id)
+    if not ArtifactFolder(run_id, 'episodes').list_subfolders() and run.info.status != 'RUNNING':
+        raise ConfigError(f'Data run {run_id} ({run.info.status.lower()}) has no episodes/ to train on.')
+
+
+def main(argv: list[str]) -> int:
+    conf = parse_args(argv, default_sections=('defaults', 'minatar', 'wm_training'))
+    check_data_run(conf.mlflow_run_id)
+    return run_stage(conf, 'wm_training', lambda run_id: [Child('learner', train_wm_only.run, (conf, run_id), ends_job=True)],
+                     tags={'data_run_id': conf.mlflow_run_id})
+
+
+if __name__ == '__main__':
+    sys.exit(run_cli(main, 'launch_wm_training'))

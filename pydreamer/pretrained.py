@@ -1,0 +1,97 @@
+"""Starting a Dreamer from another run's checkpoint: find it, check it fits, load parts, freeze parts.
+
+A checkpoint reference is a local path or an mlflow URI such as
+`runs:/<run_id>/checkpoints/latest.pt`. Before anything is loaded, the architecture keys of the
+checkpoint's config are compared with the current config, and a mismatch names the key and both
+values; loading a 2048-unit GRU into a 256-unit one should never get as far as a shape error.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+
+from pydreamer.checkpoint import CheckpointError, read_checkpoint
+from pydreamer.config import Config
+from pydreamer.tracking import setup_tracking
+
+log = logging.getLogger(__name__)
+
+WORLD_MODEL_KEYS = ('deter_dim', 'stoch_dim', 'stoch_discrete', 'hidden_dim', 'gru_layers', 'gru_type',
+                    'layer_norm', 'image_encoder', 'image_encoder_layers', 'image_decoder',
+                    'image_decoder_layers', 'cnn_depth', 'image_size', 'image_channels', 'image_categorical',
+                    'vecobs_size', 'action_dim', 'mlp_dim', 'reward_decoder_layers', 'terminal_decoder_layers')
+ACTOR_CRITIC_KEYS = ('actor_critic_layers', 'actor_dist')
+LOAD_PARTS = {'wm': ('wm.',), 'all': ('wm.', 'ac.')}
+FREEZE_PARTS = {'freeze_rssm': 'wm.rssm.', 'freeze_encoder': 'wm.encoder.', 'freeze_decoder': 'wm.decoder.'}
+
+
+def fetch_checkpoint(ref: str, dst_dir: str) -> Path:
+    """A local copy of the checkpoint that `ref` (a path or an mlflow artifact URI) points to."""
+    if not ref:
+        raise CheckpointError('Config key model_checkpoint is empty; give a checkpoint path or '
+                              'runs:/<run_id>/checkpoints/latest.pt.')
+    if ':/' not in ref:
+        path = Path(ref).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f'Checkpoint file {path} does not exist.')
+        return path
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+    setup_tracking()
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=dst_dir))
+    except MlflowException as e:
+        raise CheckpointError(f'Checkpoint {ref} could not be fetched from the tracking store: {e.message}') from None
+    except OSError as e:
+        raise CheckpointError(f'Checkpoint {ref} could not be fetched: {e}') from None
+
+
+def check_compatible(saved: dict, conf: Config, parts: str, ref: str) -> None:
+    keys = WORLD_MODEL_KEYS + (ACTOR_CRITIC_KEYS if parts == 'all' else ())
+    for key in keys:
+        if key in saved and saved[key] != conf[key]:
+            raise CheckpointError(f'Checkpoint {ref} was trained with {key}={saved[key]!r} but this config '
+                                  f'has {key}={conf[key]!r}; the two architectures do not match.')
+
+
+def frozen_prefixes(conf: Config) -> tuple[str, ...]:
+    """Parameter-name prefixes that the freeze_* keys keep fixed."""
+    return tuple(prefix for key, prefix in FREEZE_PARTS.items() if conf[key])
+
+
+def load_pretrained(conf: Config, model: torch.nn.Module) -> dict[str, str]:
+    """Load the parts chosen by `load_parts` from `model_checkpoint` into `model` (whose frozen
+    parameters no longer require gradients). Returns a summary for the run's tags."""
+    if conf.load_parts not in LOAD_PARTS:
+        raise CheckpointError(f'Config key load_parts must be one of {", ".join(LOAD_PARTS)}, got {conf.load_parts!r}.')
+    with tempfile.TemporaryDirectory(prefix='pydreamer-pretrained-') as tmp:
+        payload = read_checkpoint(fetch_checkpoint(conf.model_checkpoint, tmp))
+    check_compatible(payload['config'], conf, conf.load_parts, conf.model_checkpoint)
+    prefixes = LOAD_PARTS[conf.load_parts]
+    state = {k: v for k, v in payload['model'].items() if k.startswith(prefixes)}
+    own = model.state_dict()
+    for key, value in state.items():
+        if key not in own or own[key].shape != value.shape:
+            raise CheckpointError(f'Checkpoint {conf.model_checkpoint} has {key} of shape {tuple(value.shape)} '
+                                  f'but the model expects {tuple(own[key].shape) if key in own else "no such key"}.')
+    missing = [k for k in own if k.startswith(prefixes) and k not in state]
+    if missing:
+        raise CheckpointError(f'Checkpoint {conf.model_checkpoint} lacks {len(missing)} tensors of the '
+                              f'parts to load, e.g. {missing[0]}.')
+    model.load_state_dict(state, strict=False)
+
+    frozen = frozen_prefixes(conf)
+    counts = {'loaded': 0, 'frozen': 0, 'trained': 0}
+    for name, param in model.named_parameters():
+        counts['loaded'] += param.numel() if name.startswith(prefixes) else 0
+        counts['frozen' if name.startswith(frozen) else 'trained'] += param.numel()
+    summary = {'pretrained_checkpoint': conf.model_checkpoint, 'pretrained_step': str(payload['step']),
+               'pretrained_parts': conf.load_parts, 'frozen_parts': ','.join(p.rstrip('.') for p in frozen) or 'none',
+               **{f'parameters_{k}': f'{v:,}' for k, v in counts.items()}}
+    log.info('Loaded %s parameters (%s) from %s (step %s); frozen: %s; trained: %s.', f'{counts["loaded"]:,}',
+             conf.load_parts, conf.model_checkpoint, payload['step'], summary['frozen_parts'],
+             f'{counts["trained"]:,}')
+    return summary
