@@ -92,7 +92,8 @@ class NetworkPolicy:
         index = int(action[0].argmax())
         self._prev_action = np.eye(self.action_dim, dtype=np.float32)[index]
         return index, {'policy_value': float(metrics['policy_value'][0]),
-                       'policy_entropy': float(metrics['policy_entropy'][0])}
+                       'policy_entropy': float(metrics['policy_entropy'][0]),
+                       'policy_learner_step': float(self.loaded_step)}
 
 
 def checkpoint_folder(conf: Config, key: str, env_id: str) -> Path:

@@ -1,8 +1,10 @@
 """The staged pipeline chained in a temporary folder on the real config sections:
 multi-env dataset → world-model-only training → fine-tuning on an unseen game."""
+import csv
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from pydreamer import tracking
 from pydreamer.checkpoint import RunCheckpoints, read_checkpoint
 from pydreamer.config import PROJECT_ROOT, build_config
 from pydreamer.models.dreamer import Dreamer
+from experiments import plot_transfer
 
 DEBUG = ['defaults', 'minatar', 'debug']
 
@@ -82,8 +85,8 @@ def _finetune(store, reference, *extra):
 
 
 def test_finetune_from_runs_uri_with_frozen_rssm(store, tmp_path):
-    run_id = _finetune(store, f'runs:/{store["wm_run"]}/checkpoints/latest.pt',
-                       '--n_steps', '8', '--freeze_rssm', 'true')
+    run_id = _finetune(store, f'runs:/{store["wm_run"]}/checkpoints/latest.pt', '--n_steps', '8',
+                       '--freeze_rssm', 'true', '--run_tags', '{transfer: t1, arm: finetune_frozen_rssm, seed: 0}')
     ckpt, pre = _checkpoint(run_id, tmp_path), store['checkpoint']
     assert ckpt['step'] == 8
     assert _equal(_part(ckpt['model'], 'wm.rssm.'), _part(pre['model'], 'wm.rssm.'))
@@ -95,7 +98,8 @@ def test_finetune_from_runs_uri_with_frozen_rssm(store, tmp_path):
 def test_finetune_from_path_stops_training_the_world_model_after_n_steps_wm(store, tmp_path):
     path = tmp_path / 'pretrained.pt'
     torch.save(store['checkpoint'], path)
-    run_id = _finetune(store, str(path), '--n_steps', '5', '--n_steps_wm', '5')
+    run_id = _finetune(store, str(path), '--n_steps', '5', '--n_steps_wm', '5',
+                       '--run_tags', '{transfer: t1, arm: finetune, seed: 0}')
     at_switch = _checkpoint(run_id, tmp_path / 'a')
     args = ['--configs', *DEBUG, 'finetune', '--env_id', 'MinAtar/SpaceInvaders-v0', '--resume_id', run_id,
             '--model_checkpoint', str(path), '--n_steps', '10', '--n_steps_wm', '5', '--save_interval', '5']
@@ -118,3 +122,14 @@ def test_incompatible_checkpoint_is_one_clear_sentence(store):
 def test_missing_data_run_is_a_clear_error(store):
     with pytest.raises(tracking.RunNotFoundError, match="'nope' does not exist"):
         launch_wm_training.main(['--configs', *DEBUG, 'wm_training', '--mlflow_run_id', 'nope'])
+
+
+def test_plot_transfer_writes_figure_and_csv_from_the_runs(store, tmp_path):
+    plot_transfer.main(['--transfer', 't1', '--out', str(tmp_path), '--bins', '3'])
+    assert (tmp_path / 'transfer_t1.png').stat().st_size > 1000
+    with open(tmp_path / 'transfer_t1.csv') as f:
+        rows = list(csv.DictReader(f))
+    arms = {r['arm'] for r in rows if r['metric'] == 'agent/return'}
+    assert arms == {'finetune', 'finetune_frozen_rssm'}
+    assert {r['metric'] for r in rows} >= {'agent/return', 'train/loss_image', 'train/loss_kl'}
+    assert all(np.isfinite(float(r['mean'])) for r in rows)

@@ -36,7 +36,7 @@ class OneHotPolicy:
         index = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1] + (1,))
         onehot = torch.zeros_like(probs).scatter_(-1, index, 1.0)
         # straight-through: value = onehot, gradient = d probs (DreamerV2 eq. 6 with dynamics backprop)
-        return onehot + probs - probs.detach() if straight_through else onehot
+        return onehot + (probs - probs.detach()) if straight_through else onehot
 
     def mode(self) -> Tensor:
         return F.one_hot(self.logp.argmax(-1), self.logp.shape[-1]).float()

@@ -27,7 +27,8 @@ class MLP(nn.Module):
         layers: list[nn.Module] = []
         dim = in_dim
         for _ in range(hidden_layers):
-            layers += [nn.Linear(dim, hidden_dim), norm_layer(hidden_dim, layer_norm), nn.ELU()]
+            # in-place ELU: no new buffer, and its backward uses the output instead of recomputing exp
+            layers += [nn.Linear(dim, hidden_dim), norm_layer(hidden_dim, layer_norm), nn.ELU(inplace=True)]
             dim = hidden_dim
         layers.append(nn.Linear(dim, out_dim))
         self.model = nn.Sequential(*layers)
@@ -70,8 +71,9 @@ class _OneHotMatmul(torch.autograd.Function):
         index, = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None
-        onehot = grad.new_zeros(index.shape[0], ctx.rows).scatter_(1, index, 1.0)
-        return onehot.t() @ grad, None
+        # built transposed, (S·K, N), so that the product needs no transposed copy
+        onehot_t = grad.new_zeros(ctx.rows, index.shape[0]).scatter_(0, index.t(), 1.0)
+        return onehot_t @ grad, None
 
 
 def onehot_matmul(weight: Tensor, z_index: Tensor, dtype: torch.dtype) -> Tensor:

@@ -43,7 +43,7 @@ def sample_index(params: Tensor, classes: int, noise: Tensor | None = None) -> T
 
 class _StraightThroughOneHot(torch.autograd.Function):
     """A one-hot sample forward, the gradient of the class probabilities backward: the same values
-    and gradients as `onehot + probs - probs.detach()`, as one autograd node instead of a dozen
+    and gradients as `onehot + (probs - probs.detach())`, as one autograd node instead of a dozen
     (this runs once per time step inside the RSSM loop)."""
 
     @staticmethod
