@@ -91,7 +91,6 @@ def run(conf: Config, run_id: str, worker: int) -> None:
     policies = {}
     bar = tqdm(total=target_steps, initial=steps, desc=f'generator-{worker}', unit='step',
                mininterval=2.0, position=worker, leave=False)
-    start_time, start_steps = time.time(), steps
     try:
         while steps < target_steps and not stop_requested():
             game = min(range(len(env_ids)), key=lambda g: steps_per_game[g])
@@ -105,13 +104,14 @@ def run(conf: Config, run_id: str, worker: int) -> None:
             if key not in policies:
                 policies[key] = make_policy(policy_name, conf, run_id, env_ids[game], env.action_dim,
                                             seed=int(rng.integers(2 ** 31)))
+            episode_start = time.time()
             ep_return, ep_steps, policy_metrics, files = _play_episode(
                 env, policies[key], game, episode, chunker, target_steps - steps, len(env_ids) > 1)
             writer.write(files)
             steps += ep_steps
             steps_per_game[game] += ep_steps
             bar.update(ep_steps)
-            fps = (steps - start_steps) / max(1e-6, time.time() - start_time)
+            fps = ep_steps / max(1e-6, time.time() - episode_start)
             values = _episode_metrics(env_ids[game], ep_return, ep_steps, steps, fps, policy_name,
                                       multi_env=len(env_ids) > 1)
             values.update({f'agent/{k}': v for k, v in policy_metrics.items()})

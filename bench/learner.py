@@ -1,0 +1,93 @@
+"""Learner speed and memory on this machine: seconds per training step, split into data loading,
+world model and imagination + actor-critic, for the `minatar` and `atari` configs, in fp32 and
+with bf16 autocast.
+
+    .venv/bin/python bench/learner.py [--configs minatar atari] [--steps 5] [--threads 2]
+
+Data comes from a real random-policy episode run made on the fly in a temporary mlflow store,
+read through the same BatchStream as the learner. Prints one table row per config and precision.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def make_data(conf, env_id: str, steps: int) -> str:
+    from pydreamer import generator, tracking
+    data_conf = conf.replace(env_id=env_id, n_env_steps=steps, generator_prefill_steps=steps,
+                             generator_workers=1, split_fraction=0.0, policy_main='random')
+    run_id = tracking.start_run(data_conf, 'bench-data')
+    generator.run(data_conf, run_id, 0)
+    return run_id
+
+
+def time_steps(conf, run_id: str, steps: int, wm_only: bool) -> dict[str, float]:
+    import torch
+    from pydreamer.data import BatchStream, EpisodeIndex
+    from pydreamer.models.dreamer import Dreamer
+    from pydreamer.preprocess import preprocess
+    torch.manual_seed(0)
+    model = Dreamer(conf, wm_only=wm_only)
+    optimizers = model.init_optimizers()
+    index = EpisodeIndex(run_id, 'episodes', conf.buffer_size, 3600)
+    index.refresh(force=True)
+    stream = BatchStream(index, conf.batch_size, conf.batch_length, conf.reset_interval, True, seed=0)
+    state = model.init_state(conf.batch_size)
+    totals = {'data': 0.0, 'train': 0.0}
+    for i in range(steps + 1):  # the first step warms up kernels and is not counted
+        t0 = time.perf_counter()
+        obs = preprocess(stream.next(), conf)
+        t1 = time.perf_counter()
+        losses, state, _, _ = model.training_step(obs, state)
+        model.update(losses, optimizers)
+        t2 = time.perf_counter()
+        if i:
+            totals['data'] += (t1 - t0) / steps
+            totals['train'] += (t2 - t1) / steps
+    index.close()
+    totals['params'] = sum(p.numel() for p in model.parameters())
+    return totals
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--configs', nargs='+', default=['minatar', 'atari'])
+    parser.add_argument('--steps', type=int, default=5)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--amp', nargs='+', default=['false', 'true'])
+    args = parser.parse_args(argv)
+    import torch
+    torch.set_num_threads(args.threads)
+    from pydreamer.config import build_config
+    from pydreamer.tracking import setup_tracking
+    envs = {'minatar': 'MinAtar/Breakout-v0', 'atari': 'Atari-Pong'}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ['MLFLOW_TRACKING_URI'] = f'sqlite:///{tmp}/mlflow.db'
+        os.chdir(tmp)
+        setup_tracking()
+        print(f'{"config":8} {"amp":5} {"B x T":7} {"params":>10} {"data s":>7} {"wm s/step":>10} '
+              f'{"full s/step":>11} {"imag+ac s":>10} {"steps/s":>8}')
+        for name in args.configs:
+            conf = build_config(['defaults', name])
+            run_id = make_data(conf, envs[name], max(3000, conf.batch_size * conf.batch_length * 2))
+            for amp in args.amp:
+                c = conf.replace(amp=amp)
+                wm = time_steps(c, run_id, args.steps, wm_only=True)
+                full = time_steps(c, run_id, args.steps, wm_only=False)
+                print(f'{name:8} {amp:5} {conf.batch_size}x{conf.batch_length:<4} {full["params"]:>10,} '
+                      f'{full["data"]:>7.3f} {wm["train"]:>10.3f} {full["train"]:>11.3f} '
+                      f'{full["train"] - wm["train"]:>10.3f} {1 / (full["train"] + full["data"]):>8.2f}', flush=True)
+    print(f'peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB')
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
