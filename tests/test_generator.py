@@ -7,6 +7,7 @@ import pytest
 import launch
 from pydreamer import generator, tracking
 from pydreamer.artifacts import ArtifactFolder
+from pydreamer.cli import run_cli
 from pydreamer.config import PROJECT_ROOT, build_config
 from pydreamer.episodes import load_episode
 
@@ -21,7 +22,7 @@ def _metric_history(run_id, key):
 
 
 def test_launch_random_run_writes_episodes_and_metrics(mlflow_local, tmp_path):
-    code = launch.main(['--configs', 'defaults', 'minatar', 'debug', '--n_env_steps', '700',
+    code = launch.main(['--configs', 'defaults', 'minatar', 'debug', '--n_steps', '0', '--n_env_steps', '700',
                         '--generator_workers', '2', '--split_fraction', '0.3', '--run_name', 'gen-test'])
     assert code == 0
     run = tracking.client().search_runs(
@@ -76,11 +77,19 @@ def test_multi_env_generator_balances_games_and_tags_env_id(mlflow_local, tmp_pa
     (['--n_stepz', '5'], "did you mean 'n_steps'"),
     (['--batch_size', 'big'], "Bad value 'big' for config key 'batch_size'"),
     (['--configs', 'defaults', 'minatar', '--action_dim', '3'], 'action_dim is 3'),
+    (['--configs', 'defaults', 'minatar', '--resume_id', 'abc123'], "mlflow run 'abc123' does not exist"),
 ])
-def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, args, message):
-    out = subprocess.run([sys.executable, str(PROJECT_ROOT / 'launch.py'), *args], cwd=tmp_path,
+def test_bad_input_is_one_sentence_and_exit_code_2(mlflow_local, capsys, args, message):
+    assert run_cli(launch.main, 'launch', args) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1 and message in errors[0]
+    assert not tracking.client().search_runs([e.experiment_id for e in tracking.client().search_experiments()])
+
+
+def test_bad_input_exits_the_process_with_code_2(tmp_path):
+    out = subprocess.run([sys.executable, str(PROJECT_ROOT / 'launch.py'), '--env_id', 'Foo-v9'], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     errors = [line for line in out.stderr.splitlines() if line.startswith('error: ')]
-    assert len(errors) == 1 and message in errors[0]
+    assert len(errors) == 1 and 'Foo-v9' in errors[0]
     assert not (tmp_path / 'mlruns').exists()
