@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # Set up ./.venv if needed, then run the main job on the embedded mlflow store (./mlflow.db, ./mlruns):
-# a small from-scratch Dreamer run on MinAtar Breakout. Extra arguments are config overrides.
+# the whole staged MinAtar pipeline at tiny scale (DQN agents -> multi-env dataset -> world model ->
+# fine-tuning vs from scratch on an unseen game -> figure). Extra arguments go to experiments/transfer.py.
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup.sh
-.venv/bin/python launch.py --configs defaults minatar --run_name main-job \
-    --n_steps 200 --generator_prefill_steps 5000 --log_interval 20 --logbatch_interval 100 \
-    --save_interval 100 --eval_interval 100 "$@"
+.venv/bin/python experiments/transfer.py --scale tiny "$@"
 echo
 echo "Runs are in ./mlflow.db (artifacts in ./mlruns). Browse them with:"
 echo "  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow ui --workers 1 --backend-store-uri sqlite:///$PWD/mlflow.db --host 127.0.0.1 --port 5000"
