@@ -171,7 +171,9 @@ def coerce(key: str, value: Any, default: Any) -> Any:
     elif expected is str:
         if isinstance(value, str):
             return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):  # e.g. `--amp true` for a key whose values are auto/true/false
+            return str(value).lower()
+        if isinstance(value, (int, float)):
             return str(value)
     elif isinstance(value, expected):
         return value

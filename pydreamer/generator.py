@@ -104,6 +104,10 @@ def run(conf: Config, run_id: str, worker: int) -> None:
             if key not in policies:
                 policies[key] = make_policy(policy_name, conf, run_id, env_ids[game], env.action_dim,
                                             seed=int(rng.integers(2 ** 31)))
+            if isinstance(policies[key], NetworkPolicy) and policies[key].loaded_step is None:
+                writer.write(chunker.flush())  # the learner may be waiting for exactly these rows
+                if not policies[key].wait_for_checkpoint():
+                    break
             episode_start = time.time()
             ep_return, ep_steps, policy_metrics, files = _play_episode(
                 env, policies[key], game, episode, chunker, target_steps - steps, len(env_ids) > 1)

@@ -84,7 +84,9 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
 
     train_index = EpisodeIndex(data_run, 'episodes', conf.buffer_size, conf.listing_interval)
     eval_index = EpisodeIndex(data_run, 'episodes_eval', conf.buffer_size, conf.listing_interval)
-    _wait_for_data(train_index, max(spec.min_data_steps, conf.batch_size * conf.batch_length), spec.wait_for_data)
+    own_prefill = conf.generator_prefill_steps if data_run == run_id else 0  # this run's generators prefill first
+    _wait_for_data(train_index, max(spec.min_data_steps, own_prefill, conf.batch_size * conf.batch_length),
+                   spec.wait_for_data)
     batches = BatchStream(train_index, conf.batch_size, conf.batch_length, conf.reset_interval,
                           conf.allow_mid_reset, seed=conf.seed + step)
     state = model.init_state(conf.batch_size)

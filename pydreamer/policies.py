@@ -16,6 +16,7 @@ import torch
 
 from pydreamer.checkpoint import CheckpointError, RunCheckpoints, read_checkpoint
 from pydreamer.config import PROJECT_ROOT, Config
+from pydreamer.processes import stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +35,15 @@ class RandomPolicy:
 class NetworkPolicy:
     """The Dreamer actor of the newest checkpoint of a run, reloaded every `reload_seconds`.
 
-    Until the run has a checkpoint it acts with `fallback` (the prefill policy). Only a missing
-    checkpoint means "not yet"; a checkpoint that exists but cannot be read is logged with its
-    cause and the previous weights (or the fallback) stay in use.
+    Before the learner's first checkpoint the generator waits (`wait_for_checkpoint`) rather than
+    piling up more prefill-policy data. Only a missing checkpoint means "not yet"; a checkpoint
+    that exists but cannot be read is logged with its cause and the previous weights stay in use.
     """
 
-    def __init__(self, conf: Config, run_id: str, action_dim: int, seed: int, fallback,
-                 reload_seconds: float = 60.0):
+    def __init__(self, conf: Config, run_id: str, action_dim: int, seed: int, reload_seconds: float = 60.0):
         from pydreamer.models.dreamer import Dreamer
         self.conf = conf
         self.action_dim = action_dim
-        self.fallback = fallback
         self.reload_seconds = reload_seconds
         self.checkpoints = RunCheckpoints(run_id)
         torch.manual_seed(seed)
@@ -72,6 +71,18 @@ class NetworkPolicy:
                 log.warning('Could not load the newest checkpoint (%s: %s); keeping the current policy.',
                             type(e).__name__, e)
 
+    def wait_for_checkpoint(self, poll_seconds: float = 2.0) -> bool:
+        """Block until a checkpoint is loaded; False if the process was asked to stop first."""
+        if self.loaded_step is None:
+            log.info('Waiting for the learner\'s first checkpoint.')
+        while self.loaded_step is None:
+            if stop_requested():
+                return False
+            self._maybe_reload(force=True)
+            if self.loaded_step is None:
+                time.sleep(poll_seconds)
+        return True
+
     def wait_for_learner(self, stored_steps: int, ratio: float, poll_seconds: float = 2.0) -> None:
         """Pause while the run holds more than `ratio` stored steps per learner step."""
         while self.loaded_step is not None and stored_steps > ratio * max(1, self.loaded_step):
@@ -85,7 +96,7 @@ class NetworkPolicy:
             self._state = self.model.init_state(1)
             self._prev_action = np.zeros(self.action_dim, np.float32)
         if self.loaded_step is None:
-            return self.fallback(obs)
+            raise RuntimeError('NetworkPolicy has no checkpoint yet; call wait_for_checkpoint() first.')
         step = {k: obs[k][np.newaxis] for k in ('image', 'vecobs') if k in obs}
         step.update(action=self._prev_action[np.newaxis], reset=np.array([obs['reset']]))
         action, self._state, metrics = self.model.policy(preprocess_step(step, self.conf), self._state)
@@ -117,7 +128,5 @@ def make_policy(name: str, conf: Config, run_id: str, env_id: str, action_dim: i
         from atari_net import AtariNetPolicy, ale_game_name
         return AtariNetPolicy(checkpoint_folder(conf, 'atari_net_dir', env_id), ale_game_name(env_id), seed=seed)
     if name == 'network':
-        prefill = conf.generator_prefill_policy if conf.generator_prefill_policy != 'network' else 'random'
-        fallback = make_policy(prefill, conf, run_id, env_id, action_dim, seed)
-        return NetworkPolicy(conf, run_id, action_dim, seed, fallback, conf.policy_reload_interval)
+        return NetworkPolicy(conf, run_id, action_dim, seed, conf.policy_reload_interval)
     raise ValueError(f'Unknown policy {name!r} for {env_id}; expected one of: {", ".join(POLICY_NAMES)}.')

@@ -51,6 +51,8 @@ def test_upstream_defaults_are_kept():
     ('keep_state', 'True', True),
     ('device', 'cpu', 'cpu'),
     ('run_name', '123', '123'),
+    ('amp', 'true', 'true'),
+    ('amp', 'no', 'false'),
 ])
 def test_override_types(key, raw, expected):
     value = getattr(parse_args(['--configs', 'defaults', f'--{key}', raw]), key)

@@ -22,7 +22,7 @@ def _metric_history(run_id, key):
 
 
 def test_launch_random_run_writes_episodes_and_metrics(mlflow_local, tmp_path):
-    code = launch.main(['--configs', 'defaults', 'minatar', 'debug', '--n_steps', '0', '--n_env_steps', '700',
+    code = launch.main(['--configs', 'defaults', 'minatar', 'debug', '--n_steps', '0', '--policy_main', 'random', '--n_env_steps', '700',
                         '--generator_workers', '2', '--split_fraction', '0.3', '--run_name', 'gen-test'])
     assert code == 0
     run = tracking.client().search_runs(
@@ -44,7 +44,8 @@ def test_launch_random_run_writes_episodes_and_metrics(mlflow_local, tmp_path):
 
 
 def test_resume_continues_numbering_and_never_overwrites(mlflow_local):
-    conf = build_config(['defaults', 'minatar', 'debug']).replace(generator_workers=1, n_env_steps=400)
+    conf = build_config(['defaults', 'minatar', 'debug']).replace(generator_workers=1, n_env_steps=400,
+                                                                    policy_main='random')
     run_id = tracking.start_run(conf, 'test')
     generator.run(conf, run_id, 0)
     first = _files(run_id, 'episodes') + _files(run_id, 'episodes_eval')
@@ -61,7 +62,7 @@ def test_resume_continues_numbering_and_never_overwrites(mlflow_local):
 
 def test_multi_env_generator_balances_games_and_tags_env_id(mlflow_local, tmp_path):
     games = ['MinAtar/Breakout-v0', 'MinAtar/Asterix-v0']
-    conf = build_config(['defaults', 'minatar', 'debug']).replace(env_id=games, generator_workers=1,
+    conf = build_config(['defaults', 'minatar', 'debug']).replace(env_id=games, generator_workers=1, policy_main='random',
                                                                     n_env_steps=1500, split_fraction=0.0)
     run_id = tracking.start_run(conf, 'test')
     generator.run(conf, run_id, 0)

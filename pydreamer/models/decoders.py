@@ -13,44 +13,51 @@ from torch import Tensor
 from pydreamer.models.common import MLP
 
 
-class ConvDecoder(nn.Module):
+class _DeconvDecoder(nn.Module):
+    """model = [Linear -> (32d, 1, 1), transposed convolutions...] (no activation after the
+    Linear, as DreamerV2)."""
+
+    def __init__(self, in_dim: int, cnn_depth: int, deconv: list[nn.Module]):
+        super().__init__()
+        self.model = nn.Sequential(nn.Linear(in_dim, 32 * cnn_depth), nn.Unflatten(-1, (32 * cnn_depth, 1, 1)),
+                                   *deconv)
+
+    def forward(self, features: Tensor) -> Tensor:
+        # (..., F) -> (..., C, H, W)
+        x = self.model[:2](features.flatten(0, -2))
+        if x.device.type == 'cpu' and torch.is_autocast_enabled('cpu'):
+            # oneDNN's bf16 transposed convolutions with few channels are slower than fp32 on CPU
+            with torch.autocast('cpu', enabled=False):
+                y = self.model[2:](x.float())
+        else:
+            y = self.model[2:](x)
+        return y.unflatten(0, features.shape[:-1])
+
+
+class ConvDecoder(_DeconvDecoder):
     """DreamerV2's image decoder: Linear -> (32d, 1, 1) -> conv-transpose k 5, 5, 6, 6 stride 2
-    with ELU between, 1 -> 5 -> 13 -> 30 -> 64. No activation after the Linear (as DreamerV2)."""
+    with ELU between, 1 -> 5 -> 13 -> 30 -> 64; channels 32d -> 4d -> 2d -> d -> C."""
 
     def __init__(self, in_dim: int, out_channels: int, cnn_depth: int):
-        super().__init__()
         d = cnn_depth
-        self.model = nn.Sequential(
-            nn.Linear(in_dim, 32 * d),
-            nn.Unflatten(-1, (32 * d, 1, 1)),
+        super().__init__(in_dim, d, [
             nn.ConvTranspose2d(32 * d, 4 * d, 5, 2), nn.ELU(),
             nn.ConvTranspose2d(4 * d, 2 * d, 5, 2), nn.ELU(),
             nn.ConvTranspose2d(2 * d, d, 6, 2), nn.ELU(),
-            nn.ConvTranspose2d(d, out_channels, 6, 2))
-
-    def forward(self, features: Tensor) -> Tensor:
-        # (..., F) -> (..., C, 64, 64)
-        return self.model(features.flatten(0, -2)).unflatten(0, features.shape[:-1])
+            nn.ConvTranspose2d(d, out_channels, 6, 2)])
 
 
-class MinAtarDecoder(nn.Module):
+class MinAtarDecoder(_DeconvDecoder):
     """MinAtar image decoder: Linear -> (32d, 1, 1) -> conv-transpose k 2, 3, 4, 4 stride 1
     with ELU between, 1 -> 2 -> 4 -> 7 -> 10; channels 32d -> 4d -> 2d -> d -> C (logits when categorical)."""
 
     def __init__(self, in_dim: int, out_channels: int, cnn_depth: int):
-        super().__init__()
         d = cnn_depth
-        self.model = nn.Sequential(
-            nn.Linear(in_dim, 32 * d),
-            nn.Unflatten(-1, (32 * d, 1, 1)),
+        super().__init__(in_dim, d, [
             nn.ConvTranspose2d(32 * d, 4 * d, 2, 1), nn.ELU(),
             nn.ConvTranspose2d(4 * d, 2 * d, 3, 1), nn.ELU(),
             nn.ConvTranspose2d(2 * d, d, 4, 1), nn.ELU(),
-            nn.ConvTranspose2d(d, out_channels, 4, 1))
-
-    def forward(self, features: Tensor) -> Tensor:
-        # (..., F) -> (..., C, 10, 10)
-        return self.model(features.flatten(0, -2)).unflatten(0, features.shape[:-1])
+            nn.ConvTranspose2d(d, out_channels, 4, 1)])
 
 
 class DenseImageDecoder(nn.Module):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 # Gaussian latents: std = MAX_STD * sigmoid(x) + MIN_STD, as pydreamer's diag_normal.
@@ -20,6 +19,11 @@ MIN_STD, MAX_STD = 0.1, 2.0
 def _categorical_logp(params: Tensor, classes: int) -> Tensor:
     # (..., S*K) -> (..., S, K) normalised log-probabilities
     return params.float().unflatten(-1, (-1, classes)).log_softmax(-1)
+
+
+def _categorical_probs(params: Tensor, classes: int) -> Tensor:
+    # (..., S*K) -> (..., S, K) probabilities
+    return params.float().unflatten(-1, (-1, classes)).softmax(-1)
 
 
 def _normal(params: Tensor) -> tuple[Tensor, Tensor]:
@@ -38,7 +42,7 @@ def _inverse_cdf(probs: Tensor, noise: Tensor | None) -> Tensor:
 def sample_index(params: Tensor, classes: int, noise: Tensor | None = None) -> Tensor:
     """Category indices (..., S) sampled from logits (..., S*K); noise: uniforms (..., S, 1).
     The same draw as `sample_latent` with the same noise, without the one-hot."""
-    return _inverse_cdf(_categorical_logp(params, classes).exp(), noise).squeeze(-1)
+    return _inverse_cdf(_categorical_probs(params, classes), noise).squeeze(-1)
 
 
 class _StraightThroughOneHot(torch.autograd.Function):
@@ -48,7 +52,7 @@ class _StraightThroughOneHot(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, noise: Tensor | None, classes: int) -> Tensor:
-        probs = logits.float().unflatten(-1, (-1, classes)).softmax(-1)       # (..., S, K)
+        probs = _categorical_probs(logits, classes)                           # (..., S, K)
         onehot = torch.zeros_like(probs).scatter_(-1, _inverse_cdf(probs, noise), 1.0)
         ctx.save_for_backward(probs)
         ctx.logits_dtype = logits.dtype
@@ -114,17 +118,32 @@ def latent_log_prob(params: Tensor, sample: Tensor, classes: int) -> Tensor:
     return (-0.5 * z ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
-def kl_balanced(post: Tensor, prior: Tensor, classes: int, balance: float) -> tuple[Tensor, Tensor]:
+def kl_balanced(post: Tensor, prior: Tensor, classes: int, balance: float) -> dict[str, Tensor]:
     """KL balancing (DreamerV2 Algorithm 2): the prior is trained towards the posterior with weight
     `balance`, the posterior regularised towards the prior with 1 - balance.
 
         loss = balance * KL(sg(post) || prior) + (1 - balance) * KL(post || sg(prior))
 
-    Returns (loss, exact KL), both (...). The two values are equal; only the gradients differ.
+    Returns {'loss', 'kl' (exact KL), 'entropy_post', 'entropy_prior'}, each (...); only 'loss'
+    carries gradients (its value equals 'kl'; only the gradients differ between the two terms).
     """
-    kl_prior_side = latent_kl(post.detach(), prior, classes)
-    kl_post_side = latent_kl(post, prior.detach(), classes)
-    return balance * kl_prior_side + (1 - balance) * kl_post_side, kl_prior_side.detach()
+    if not classes:
+        kl_prior_side = latent_kl(post.detach(), prior, classes)
+        kl_post_side = latent_kl(post, prior.detach(), classes)
+        with torch.no_grad():
+            entropy_post, entropy_prior = latent_entropy(post, classes), latent_entropy(prior, classes)
+    else:
+        # the log-probabilities are computed once and shared by both sides and the entropies
+        lq, lp = _categorical_logp(post, classes), _categorical_logp(prior, classes)   # (..., S, K)
+        q = lq.exp()
+        q_sg, lq_sg, lp_sg = q.detach(), lq.detach(), lp.detach()
+        kl_prior_side = (q_sg * (lq_sg - lp)).sum((-1, -2))
+        kl_post_side = (q * (lq - lp_sg)).sum((-1, -2))
+        with torch.no_grad():
+            entropy_post = -(q_sg * lq_sg).sum((-1, -2))
+            entropy_prior = -(lp_sg.exp() * lp_sg).sum((-1, -2))
+    return {'loss': balance * kl_prior_side + (1 - balance) * kl_post_side, 'kl': kl_prior_side.detach(),
+            'entropy_post': entropy_post, 'entropy_prior': entropy_prior}
 
 
 def lambda_return(reward: Tensor, value: Tensor, discount: Tensor, lambda_: float) -> Tensor:

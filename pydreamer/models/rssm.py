@@ -120,6 +120,8 @@ class RSSM(nn.Module):
         self.post_e = nn.Linear(embed_dim, hidden, bias=False)
         self.post_norm = norm_layer(hidden, ln)
         self.post_out = nn.Linear(hidden, self.params_dim)
+        # flat one-hot index of class 0 of each categorical (index-based imagination)
+        self.register_buffer('offsets', torch.arange(0, self.z_dim, self.classes or 1), persistent=False)
 
     @property
     def feature_dim(self) -> int:
@@ -181,8 +183,7 @@ class RSSM(nn.Module):
 
     def onehot_index(self, z: Tensor) -> Tensor:
         """Dense one-hot latents (..., S·K) -> flat indices (..., S) of their active entries."""
-        offsets = torch.arange(0, self.z_dim, self.classes, device=z.device)
-        return z.unflatten(-1, (self.stoch_dim, self.classes)).argmax(-1) + offsets
+        return z.unflatten(-1, (self.stoch_dim, self.classes)).argmax(-1) + self.offsets
 
     def imagine_step_index(self, action: Tensor, h: Tensor, z_index: Tensor, noise: Tensor | None = None
                            ) -> tuple[Tensor, Tensor]:
@@ -192,8 +193,7 @@ class RSSM(nn.Module):
         a_proj = self._action_proj(action)
         x = F.elu(self.in_norm(onehot_matmul(self.z_in.weight, z_index, a_proj.dtype) + a_proj))
         h = self.gru(x, h)
-        index = sample_index(self.prior(h), self.classes, noise)
-        return h, index + torch.arange(0, self.z_dim, self.classes, device=index.device)
+        return h, sample_index(self.prior(h), self.classes, noise) + self.offsets
 
     def forward(self, embed: Tensor, action: Tensor, reset: Tensor, in_state: State,
                 iwae_samples: int = 1, noise: Tensor | None = None) -> RSSMSequence:

@@ -11,7 +11,7 @@ from pydreamer.models.common import init_weights_tf2
 from pydreamer.models.decoders import MultiDecoder
 from pydreamer.models.encoders import MultiEncoder
 from pydreamer.models.functions import (
-    kl_balanced, latent_entropy, latent_kl, latent_log_prob, logavgexp, sample_latent)
+    kl_balanced, latent_log_prob, logavgexp, sample_latent)
 from pydreamer.models.rssm import RSSM, State
 
 
@@ -59,18 +59,16 @@ class WorldModel(nn.Module):
         assert features.shape[:3] == (T, B, I)
         loss_reconstr, terms, outputs = self.decoder.training_step(features, obs, with_outputs=do_image_pred)
 
-        if I == 1:
-            loss_kl, kl_exact = kl_balanced(seq.post, seq.prior, classes, self.kl_balance)   # (T, B, I)
-        else:
+        kl = kl_balanced(seq.post, seq.prior, classes, self.kl_balance)       # {name: (T, B, I)}
+        loss_kl = kl['loss']
+        if I > 1:
             # IWAE needs the sampled KL, log q(z) - log p(z), so that samples can be weighted
-            loss_kl = (latent_log_prob(seq.post, seq.z, classes) - latent_log_prob(seq.prior, seq.z, classes))
-            kl_exact = latent_kl(seq.post, seq.prior, classes).detach()
+            loss_kl = latent_log_prob(seq.post, seq.z, classes) - latent_log_prob(seq.prior, seq.z, classes)
         loss_tbi = self.kl_weight * loss_kl + loss_reconstr                   # (T, B, I)
         loss = -logavgexp(-loss_tbi, dim=2)                                   # (T, B)
 
         with torch.no_grad():
-            entropy_prior = latent_entropy(seq.prior, classes)
-            entropy_post = latent_entropy(seq.post, classes)
+            kl_exact, entropy_prior, entropy_post = kl['kl'], kl['entropy_prior'], kl['entropy_post']
             metrics = {'loss_model': loss.mean(), 'loss_kl': kl_exact.mean(),
                        'entropy_prior': entropy_prior.mean(), 'entropy_post': entropy_post.mean()}
             metrics.update({f'loss_{name}': term.mean() for name, term in terms.items()})
