@@ -84,9 +84,11 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
 
     train_index = EpisodeIndex(data_run, 'episodes', conf.buffer_size, conf.listing_interval)
     eval_index = EpisodeIndex(data_run, 'episodes_eval', conf.buffer_size, conf.listing_interval)
-    own_prefill = conf.generator_prefill_steps if data_run == run_id else 0  # this run's generators prefill first
-    _wait_for_data(train_index, max(spec.min_data_steps, own_prefill, conf.batch_size * conf.batch_length),
-                   spec.wait_for_data)
+    # This run's own generators store their prefill first; part of it goes to the eval split.
+    own_prefill = conf.generator_prefill_steps if data_run == run_id else 0
+    if not _wait_for_data(train_index, eval_index, max(spec.min_data_steps, conf.batch_size * conf.batch_length),
+                          own_prefill, spec.wait_for_data):
+        return
     batches = BatchStream(train_index, conf.batch_size, conf.batch_length, conf.reset_interval,
                           conf.allow_mid_reset, seed=conf.seed + step)
     state = model.init_state(conf.batch_size)
@@ -167,18 +169,30 @@ def _tag(key: str, value: str):
     return RunTag(key, str(value)[:5000])
 
 
-def _wait_for_data(index: EpisodeIndex, min_steps: int, wait: bool) -> None:
-    index.refresh(force=True)
-    if index.steps >= min_steps:
-        return
+def _wait_for_data(train: EpisodeIndex, evals: EpisodeIndex, min_train_steps: int, min_all_steps: int,
+                   wait: bool) -> bool:
+    """Wait until `train` holds min_train_steps and both splits together min_all_steps.
+
+    Returns False when the process is asked to stop while waiting.
+    """
+    def ready() -> bool:
+        train.refresh(force=True)
+        evals.refresh(force=True)
+        return train.steps >= min_train_steps and train.steps + evals.steps >= min_all_steps
+
+    if ready():
+        return True
     if not wait:
-        raise ValueError(f'Run {index.run_id} holds {index.steps} steps in {index.folder}/, '
-                         f'fewer than the {min_steps} needed to train.')
-    log.info('Waiting for %d steps of data in %s/ (have %d).', min_steps, index.folder, index.steps)
-    while index.steps < min_steps:
-        time.sleep(min(5.0, max(0.5, index.listing_interval)))
-        index.refresh(force=True)
-    log.info('Data ready: %d steps in %d files.', index.steps, len(index.files))
+        raise ValueError(f'Run {train.run_id} holds {train.steps} steps in {train.folder}/, '
+                         f'fewer than the {max(min_train_steps, min_all_steps)} needed to train.')
+    log.info('Waiting for data: %d steps for training and %d in all (have %d + %d eval).',
+             min_train_steps, min_all_steps, train.steps, evals.steps)
+    while not ready():
+        if stop_requested():
+            return False
+        time.sleep(min(5.0, max(0.5, train.listing_interval)))
+    log.info('Data ready: %d steps in %d files.', train.steps, len(train.files))
+    return True
 
 
 def _save(model: Dreamer, optimizers, conf: Config, checkpoints: RunCheckpoints, step: int, work_dir: str) -> None:

@@ -71,7 +71,7 @@ class NetworkPolicy:
                 log.warning('Could not load the newest checkpoint (%s: %s); keeping the current policy.',
                             type(e).__name__, e)
 
-    def wait_for_checkpoint(self, poll_seconds: float = 2.0) -> bool:
+    def wait_for_checkpoint(self, poll_seconds: float = 1.0) -> bool:
         """Block until a checkpoint is loaded; False if the process was asked to stop first."""
         if self.loaded_step is None:
             log.info('Waiting for the learner\'s first checkpoint.')

@@ -34,16 +34,16 @@ def test_debug_run_trains_and_generates_with_the_network_policy(mlflow_local, tm
     run = _only_run()
     assert run.info.status == 'FINISHED'
     run_id = run.info.run_id
-    assert _checkpoint_step(run_id, tmp_path) == 40
+    assert _checkpoint_step(run_id, tmp_path) == 100
     history = tracking.client().get_metric_history(run_id, 'train/loss_model')
-    assert [m.step for m in history] == list(range(5, 41, 5))
+    assert [m.step for m in history] == list(range(5, 101, 5))
     for key in ('train/loss_kl', 'train/loss_image', 'train/loss_reward', 'train/loss_terminal',
                 'train/entropy_prior', 'train/entropy_post', 'train/loss_actor', 'train/loss_critic',
                 'train/policy_entropy', 'train/policy_value', 'train/grad_norm_wm', 'train/fps',
                 'eval/loss_model', 'agent/return', 'agent/policy_value', 'agent/policy_entropy'):
         assert key in run.data.metrics, key
     names = {a.path for a in tracking.client().list_artifacts(run_id, 'dreams')}
-    assert 'dreams/dream_0000040.png' in names
+    assert 'dreams/dream_0000100.png' in names
     assert tracking.client().list_artifacts(run_id, 'episodes')
 
 

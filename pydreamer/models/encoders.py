@@ -9,41 +9,25 @@ from pydreamer.models.common import MLP, norm_layer
 
 
 class ConvEncoder(nn.Module):
-    """DreamerV2's image encoder: 4 conv k4 s2 with ELU, 64 -> 31 -> 14 -> 6 -> 2; out 8d·2·2 = 32d."""
+    """4 conv layers with ELU, channels C -> d -> 2d -> 4d -> 8d, ending at 2×2; out 8d·2·2 = 32d.
 
-    def __init__(self, in_channels: int, cnn_depth: int):
+    DreamerV2's 64×64 encoder uses kernel 4 stride 2 (64 -> 31 -> 14 -> 6 -> 2); the MinAtar
+    encoder kernel 3 stride 1 (10 -> 8 -> 6 -> 4 -> 2).
+    """
+
+    def __init__(self, in_channels: int, cnn_depth: int, kernel: int, stride: int):
         super().__init__()
         d = cnn_depth
         self.model = nn.Sequential(
-            nn.Conv2d(in_channels, d, 4, 2), nn.ELU(),
-            nn.Conv2d(d, 2 * d, 4, 2), nn.ELU(),
-            nn.Conv2d(2 * d, 4 * d, 4, 2), nn.ELU(),
-            nn.Conv2d(4 * d, 8 * d, 4, 2), nn.ELU(),
+            nn.Conv2d(in_channels, d, kernel, stride), nn.ELU(),
+            nn.Conv2d(d, 2 * d, kernel, stride), nn.ELU(),
+            nn.Conv2d(2 * d, 4 * d, kernel, stride), nn.ELU(),
+            nn.Conv2d(4 * d, 8 * d, kernel, stride), nn.ELU(),
             nn.Flatten())
         self.out_dim = 32 * d
 
     def forward(self, image: Tensor) -> Tensor:
-        # (..., C, 64, 64) -> (..., 32d)
-        return self.model(image.flatten(0, -4)).unflatten(0, image.shape[:-3])
-
-
-class MinAtarEncoder(nn.Module):
-    """MinAtar image encoder: 4 conv 3×3 stride 1 with ELU, channels C -> d -> 2d -> 4d -> 8d,
-    spatial 10 -> 8 -> 6 -> 4 -> 2; out 8d·2·2 = 32d."""
-
-    def __init__(self, in_channels: int, cnn_depth: int):
-        super().__init__()
-        d = cnn_depth
-        self.model = nn.Sequential(
-            nn.Conv2d(in_channels, d, 3, 1), nn.ELU(),
-            nn.Conv2d(d, 2 * d, 3, 1), nn.ELU(),
-            nn.Conv2d(2 * d, 4 * d, 3, 1), nn.ELU(),
-            nn.Conv2d(4 * d, 8 * d, 3, 1), nn.ELU(),
-            nn.Flatten())
-        self.out_dim = 32 * d
-
-    def forward(self, image: Tensor) -> Tensor:
-        # (..., C, 10, 10) -> (..., 32d)
+        # (..., C, H, W) -> (..., 32d)
         return self.model(image.flatten(0, -4)).unflatten(0, image.shape[:-3])
 
 
@@ -74,9 +58,9 @@ class MultiEncoder(nn.Module):
         super().__init__()
         kind = conf.image_encoder
         if kind == 'cnn':
-            self.image = ConvEncoder(conf.image_channels, conf.cnn_depth)
+            self.image = ConvEncoder(conf.image_channels, conf.cnn_depth, kernel=4, stride=2)
         elif kind == 'cnn_minatar':
-            self.image = MinAtarEncoder(conf.image_channels, conf.cnn_depth)
+            self.image = ConvEncoder(conf.image_channels, conf.cnn_depth, kernel=3, stride=1)
         elif kind == 'dense':
             self.image = DenseImageEncoder(conf.image_channels * conf.image_size ** 2,
                                            conf.image_encoder_layers, conf.layer_norm)
