@@ -12,13 +12,16 @@ import sys
 
 from pydreamer import generator, learner
 from pydreamer.cli import run_cli
-from pydreamer.config import parse_args
+from pydreamer.config import ConfigError, parse_args
 from pydreamer.processes import Child
 from pydreamer.stage import check_generator_config, run_stage
 
 
 def main(argv: list[str]) -> int:
     conf = parse_args(argv)
+    if conf.n_steps == 0 and 'network' in (conf.policy_main, conf.generator_prefill_policy):
+        raise ConfigError('A data-only run (n_steps 0) has no learner to provide the network policy; '
+                          'set policy_main to random, dqn or atari_net.')
     check_generator_config(conf)
 
     def children(run_id: str) -> list[Child]:
