@@ -74,7 +74,7 @@ class EpisodeIndex:
         try:
             if not local.exists():
                 local.parent.mkdir(parents=True, exist_ok=True)
-                ArtifactFolder(self.run_id, str(Path(artifact_path).parent)).download(artifact_path, str(local.parent))
+                self._root.download(artifact_path, str(local.parent))
             return load_episode(local)
         except CorruptEpisodeError as e:
             log.warning('Skipping episode file: %s', e)
