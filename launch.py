@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
     def children(run_id: str) -> list[Child]:
         procs = [Child(f'generator-{w}', generator.run, (conf, run_id, w)) for w in range(conf.generator_workers)]
         if conf.n_steps > 0:
-            procs.append(Child('learner', learner.run, (conf, run_id), ends_job=True))
+            procs.append(Child('learner', learner.run, (conf, run_id), ends_job=True, trains=True))
         return procs
 
     return run_stage(conf, 'launch', children)

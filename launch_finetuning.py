@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
 
     def children(run_id: str) -> list[Child]:
         return [Child(f'generator-{w}', generator.run, (conf, run_id, w)) for w in range(conf.generator_workers)] + \
-               [Child('learner', train_finetune.run, (conf, run_id), ends_job=True)]
+               [Child('learner', train_finetune.run, (conf, run_id), ends_job=True, trains=True)]
 
     return run_stage(conf, 'finetune', children, tags={'pretrained_checkpoint': conf.model_checkpoint})
 

@@ -28,7 +28,7 @@ def check_data_run(run_id: str) -> None:
 def main(argv: list[str]) -> int:
     conf = parse_args(argv, default_sections=('defaults', 'minatar', 'wm_training'))
     check_data_run(conf.mlflow_run_id)
-    return run_stage(conf, 'wm_training', lambda run_id: [Child('learner', train_wm_only.run, (conf, run_id), ends_job=True)],
+    return run_stage(conf, 'wm_training', lambda run_id: [Child('learner', train_wm_only.run, (conf, run_id), ends_job=True, trains=True)],
                      tags={'data_run_id': conf.mlflow_run_id})
 
 

@@ -30,11 +30,28 @@ class Child:
     target: Callable[..., Any]     # a module-level function (spawn pickles it by reference)
     args: tuple = ()
     ends_job: bool = False         # when this child finishes, the others are stopped and the job ends
+    trains: bool = False           # a learner: it gets the cores the other children leave free
+    threads: int = 0               # torch threads, set by assign_threads
     process: Any = field(default=None, repr=False)
 
 
-def threads_per_process(n_processes: int, configured: int = 0) -> int:
-    return configured if configured > 0 else max(1, (os.cpu_count() or 1) // max(1, n_processes))
+def assign_threads(children: list[Child], configured: int = 0, others_mostly_idle: bool = False) -> None:
+    """Torch threads per child: `configured` for all when > 0. Otherwise, with a learner, each
+    other child gets one thread (batch-1 inference gains nothing from more) and the learner the
+    remaining cores, or all of them when the others mostly wait (a rate-limited generator); with
+    no learner, the cores are shared evenly."""
+    cores = os.cpu_count() or 1
+    learners = [c for c in children if c.trains]
+    for child in children:
+        if configured > 0:
+            child.threads = configured
+        elif not learners:
+            child.threads = max(1, cores // len(children))
+        elif child.trains:
+            busy_others = 0 if others_mostly_idle else len(children) - len(learners)
+            child.threads = max(1, (cores - busy_others) // len(learners))
+        else:
+            child.threads = 1
 
 
 _stop_requested = False
@@ -68,14 +85,16 @@ def _child_main(name: str, threads: int, target: Callable[..., Any], args: tuple
     target(*args)
 
 
-def run_children(children: list[Child], threads: int, poll_seconds: float = 0.5) -> int:
-    """Start the children and wait. Returns 0 on success, 1 when a child failed, 130 on Ctrl-C."""
+def run_children(children: list[Child], poll_seconds: float = 0.5) -> int:
+    """Start the children (threads as set by assign_threads, else 1) and wait.
+    Returns 0 on success, 1 when a child failed, 130 on Ctrl-C."""
     ctx = mp.get_context('spawn')
     saved_env = {k: os.environ.get(k) for k in (*_THREAD_ENV, *_MALLOC_ENV)}
-    os.environ.update({k: str(threads) for k in _THREAD_ENV})
     os.environ.update({k: v for k, v in _MALLOC_ENV.items() if k not in os.environ})
     try:
         for child in children:
+            threads = max(1, child.threads)
+            os.environ.update({k: str(threads) for k in _THREAD_ENV})
             child.process = ctx.Process(target=_child_main, name=child.name,
                                         args=(child.name, threads, child.target, child.args))
             child.process.start()

@@ -9,7 +9,7 @@ from pydreamer.config import Config, ConfigError
 from pydreamer.envs import make_env
 from pydreamer.generator import env_id_list
 from pydreamer.policies import make_policy
-from pydreamer.processes import Child, run_children, threads_per_process
+from pydreamer.processes import Child, assign_threads, run_children
 from pydreamer.tracking import end_run, setup_tracking, start_run
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,8 @@ def run_stage(conf: Config, stage: str, children: Callable[[str], list[Child]],
     run_id = start_run(conf, stage, tags)
     log.info('Tracking store: %s', uri)
     procs = children(run_id)
-    code = run_children(procs, threads_per_process(len(procs), conf.torch_threads))
+    assign_threads(procs, conf.torch_threads, others_mostly_idle=conf.limit_step_ratio > 0)
+    code = run_children(procs)
     end_run(run_id, 'FINISHED' if code == 0 else 'FAILED' if code == 1 else 'KILLED')
     log.info('Run %s ended (exit code %d).', run_id, code)
     return code
