@@ -1,10 +1,12 @@
 """End-to-end: launch.py with generators and a learner, on the real `debug` config section."""
+import csv
 import os
 import signal
 import subprocess
 import sys
 import time
 
+from experiments import plot_learning
 from pydreamer import tracking
 from pydreamer.checkpoint import RunCheckpoints, read_checkpoint
 from pydreamer.config import PROJECT_ROOT
@@ -45,6 +47,15 @@ def test_debug_run_trains_and_generates_with_the_network_policy(mlflow_local, tm
     names = {a.path for a in tracking.client().list_artifacts(run_id, 'dreams')}
     assert 'dreams/dream_0000100.png' in names
     assert tracking.client().list_artifacts(run_id, 'episodes')
+
+    plot_learning.main(['--run', 'e2e', '--out', str(tmp_path / 'docs'), '--bins', '3', '--baseline', '0.5'])
+    assert (tmp_path / 'docs' / 'learning_e2e.png').stat().st_size > 1000
+    with open(tmp_path / 'docs' / 'learning_e2e.csv') as f:
+        rows = list(csv.DictReader(f))
+    returns = tracking.client().get_metric_history(run_id, 'agent/return')
+    env_rows = [r for r in rows if r['x_kind'] == 'env_steps']
+    assert env_rows and sum(int(r['episodes']) for r in env_rows) == len(returns)
+    assert float(env_rows[-1]['x']) <= max(m.step for m in returns)
 
 
 def test_killed_learner_resumes_from_its_checkpoint(mlflow_local, tmp_path):

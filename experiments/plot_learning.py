@@ -1,0 +1,96 @@
+"""Learning curve of one run (e.g. a from-scratch launch.py run), read back from mlflow.
+
+    python experiments/plot_learning.py --run <run id or run name> [--out docs] [--bins 12]
+        [--baseline 0.46]
+
+Writes `learning_<run name>.png` (episode return against env steps and against learner steps,
+binned means with the per-episode points behind them) and `learning_<run name>.csv` (the
+binned numbers), and prints the table. `--baseline` draws a horizontal line, e.g. the return
+of the random policy. Episodes of the prefill policy sit at learner step 0.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from experiments.plot_transfer import binned, episodes  # noqa: E402
+from pydreamer.tracking import client, get_run, setup_tracking  # noqa: E402
+
+
+def find_run(ref: str):
+    """A run by id, or the newest run with that name."""
+    if len(ref) == 32 and all(ch in '0123456789abcdef' for ch in ref):
+        return get_run(ref)
+    c = client()
+    runs = c.search_runs([e.experiment_id for e in c.search_experiments()], f"attributes.run_name = '{ref}'",
+                         order_by=['attributes.start_time DESC'], max_results=1)
+    if not runs:
+        raise SystemExit(f'No run with id or name {ref!r} is in the tracking store.')
+    return runs[0]
+
+
+def curve(data: np.ndarray, column: int, bins: int) -> list[dict]:
+    """Binned mean return over `column` (0 learner steps, 1 env steps) of (N, 3) episode rows."""
+    edges = np.linspace(0, max(data[:, column].max(), 1), bins + 1)
+    means = binned(data[:, column], data[:, 2], edges)
+    index = np.clip(np.digitize(data[:, column], edges[1:-1]), 0, bins - 1)
+    return [{'x_kind': 'learner_steps' if column == 0 else 'env_steps', 'x': float((lo + hi) / 2),
+             'mean': float(m), 'episodes': int(np.sum(index == i))}
+            for i, (lo, hi, m) in enumerate(zip(edges[:-1], edges[1:], means)) if not np.isnan(m)]
+
+
+def plot(data: np.ndarray, rows: list[dict], title: str, baseline: float | None, path: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, column, kind in ((axes[0], 1, 'env_steps'), (axes[1], 0, 'learner_steps')):
+        ax.scatter(data[:, column], data[:, 2], s=3, alpha=0.25, color='grey', label='episodes')
+        pts = [r for r in rows if r['x_kind'] == kind]
+        ax.plot([p['x'] for p in pts], [p['mean'] for p in pts], marker='o', label='binned mean')
+        if baseline is not None:
+            ax.axhline(baseline, color='red', linestyle='--', linewidth=1, label='random policy')
+        ax.set_xlabel(kind.replace('_', ' '))
+        ax.set_ylabel('episode return')
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--run', required=True, help='run id or run name')
+    parser.add_argument('--out', default=str(ROOT / 'docs'))
+    parser.add_argument('--bins', type=int, default=12)
+    parser.add_argument('--baseline', type=float, default=None, help='e.g. the random policy return')
+    args = parser.parse_args(argv)
+    setup_tracking()
+    run = find_run(args.run)
+    data = episodes(run.info.run_id)
+    if not len(data):
+        raise SystemExit(f'Run {run.info.run_id} has no agent/return metrics yet.')
+    rows = curve(data, 1, args.bins) + curve(data, 0, args.bins)
+    name = run.info.run_name or run.info.run_id
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f'learning_{name}.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=['x_kind', 'x', 'mean', 'episodes'])
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(data, rows, f'{name}: {run.data.params.get("env_id", "")}', args.baseline, out / f'learning_{name}.png')
+    print(f'[plot] wrote {out / f"learning_{name}.png"} and .csv ({len(data)} episodes)')
+    for r in rows:
+        print(f'[plot] {r["x_kind"]:14s} {r["x"]:>10.0f}  return {r["mean"]:6.2f}  ({r["episodes"]} episodes)')
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
