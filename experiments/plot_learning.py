@@ -1,12 +1,11 @@
 """Learning curve of one run (e.g. a from-scratch launch.py run), read back from mlflow.
 
     python experiments/plot_learning.py --run <run id or run name> [--out docs] [--bins 12]
-        [--baseline 0.46]
 
 Writes `learning_<run name>.png` (episode return against env steps and against learner steps,
 binned means with the per-episode points behind them) and `learning_<run name>.csv` (the
-binned numbers), and prints the table. `--baseline` draws a horizontal line, e.g. the return
-of the random policy. Episodes of the prefill policy sit at learner step 0.
+binned numbers), and prints the table. Episodes of the prefill policy (random by default) sit
+at learner step 0; their mean return is drawn as the baseline line.
 """
 from __future__ import annotations
 
@@ -46,7 +45,7 @@ def curve(data: np.ndarray, column: int, bins: int) -> list[dict]:
             for i, (lo, hi, m) in enumerate(zip(edges[:-1], edges[1:], means)) if not np.isnan(m)]
 
 
-def plot(data: np.ndarray, rows: list[dict], title: str, baseline: float | None, path: Path) -> None:
+def plot(data: np.ndarray, rows: list[dict], title: str, baseline: float, path: Path) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -55,8 +54,8 @@ def plot(data: np.ndarray, rows: list[dict], title: str, baseline: float | None,
         ax.scatter(data[:, column], data[:, 2], s=3, alpha=0.25, color='grey', label='episodes')
         pts = [r for r in rows if r['x_kind'] == kind]
         ax.plot([p['x'] for p in pts], [p['mean'] for p in pts], marker='o', label='binned mean')
-        if baseline is not None:
-            ax.axhline(baseline, color='red', linestyle='--', linewidth=1, label='random policy')
+        if not np.isnan(baseline):
+            ax.axhline(baseline, color='red', linestyle='--', linewidth=1, label='prefill policy')
         ax.set_xlabel(kind.replace('_', ' '))
         ax.set_ylabel('episode return')
     axes[0].legend(fontsize=8)
@@ -71,7 +70,6 @@ def main(argv: list[str]) -> None:
     parser.add_argument('--run', required=True, help='run id or run name')
     parser.add_argument('--out', default=str(ROOT / 'docs'))
     parser.add_argument('--bins', type=int, default=12)
-    parser.add_argument('--baseline', type=float, default=None, help='e.g. the random policy return')
     args = parser.parse_args(argv)
     setup_tracking()
     run = find_run(args.run)
@@ -79,6 +77,8 @@ def main(argv: list[str]) -> None:
     if not len(data):
         raise SystemExit(f'Run {run.info.run_id} has no agent/return metrics yet.')
     rows = curve(data, 1, args.bins) + curve(data, 0, args.bins)
+    prefill = data[data[:, 0] == 0, 2]
+    baseline = float(prefill.mean()) if len(prefill) else float('nan')
     name = run.info.run_name or run.info.run_id
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,8 +86,9 @@ def main(argv: list[str]) -> None:
         writer = csv.DictWriter(f, fieldnames=['x_kind', 'x', 'mean', 'episodes'])
         writer.writeheader()
         writer.writerows(rows)
-    plot(data, rows, f'{name}: {run.data.params.get("env_id", "")}', args.baseline, out / f'learning_{name}.png')
+    plot(data, rows, f'{name}: {run.data.params.get("env_id", "")}', baseline, out / f'learning_{name}.png')
     print(f'[plot] wrote {out / f"learning_{name}.png"} and .csv ({len(data)} episodes)')
+    print(f'[plot] prefill policy: return {baseline:.2f} over {len(prefill)} episodes')
     for r in rows:
         print(f'[plot] {r["x_kind"]:14s} {r["x"]:>10.0f}  return {r["mean"]:6.2f}  ({r["episodes"]} episodes)')
 

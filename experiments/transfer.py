@@ -3,6 +3,8 @@
     python experiments/transfer.py --scale tiny            # minutes: the README's main job
     python experiments/transfer.py --scale small --seeds 3 # a few hours on a 2-core CPU
     python experiments/transfer.py --scale paper --seeds 3 # the original project's sizes
+    python experiments/transfer.py --scale small --data-run <id> --wm-steps 3000 --arm-steps 600 \
+        -- --batch_size 16 --batch_length 32             # any size in between
 
 Stages, each an mlflow run tagged `transfer=<id>` and `arm=<name>` (and `seed`):
   1. DQN agents on the four pretraining games (dqn/train_agents.py; finished checkpoints are kept)
@@ -21,7 +23,7 @@ import argparse
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,9 +88,15 @@ def main(argv: list[str]) -> None:
     parser.add_argument('--dqn-out', default=None, help='DQN checkpoint folder (default: dqn_checkpoints_<scale>)')
     parser.add_argument('--data-run', default=None, help='reuse this dataset run (skips stages 1-2)')
     parser.add_argument('--wm-run', default=None, help='reuse this world-model run (skips stages 1-3)')
+    parser.add_argument('--wm-steps', type=int, default=None, help="world-model learner steps (default: the scale's)")
+    parser.add_argument('--arm-steps', type=int, default=None, help="learner steps of every arm (default: the scale's)")
     parser.add_argument('--out', default=str(ROOT / 'docs'), help='folder for the figure and CSV')
+    parser.add_argument('overrides', nargs='*', help='config overrides for every learner stage, after --, '
+                        'e.g. -- --batch_size 16 --batch_length 32')
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]
+    scale = replace(scale, wm_steps=args.wm_steps or scale.wm_steps, arm_steps=args.arm_steps or scale.arm_steps,
+                    overrides=scale.overrides + tuple(args.overrides))
     setup_tracking()
     transfer = f'{args.scale}-{time.strftime("%Y%m%d-%H%M%S")}'
     print(f'[transfer] experiment id {transfer} (mlflow tag transfer={transfer})', flush=True)

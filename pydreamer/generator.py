@@ -106,6 +106,7 @@ def run(conf: Config, run_id: str, worker: int) -> None:
                                             seed=int(rng.integers(2 ** 31)))
             if isinstance(policies[key], NetworkPolicy) and policies[key].loaded_step is None:
                 writer.write(chunker.flush())  # the learner may be waiting for exactly these rows
+                _send(metrics, pending)
                 if not policies[key].wait_for_checkpoint():
                     break
             episode_start = time.time()
@@ -121,11 +122,11 @@ def run(conf: Config, run_id: str, worker: int) -> None:
             values.update({f'agent/{k}': v for k, v in policy_metrics.items()})
             pending.append((values, steps))
             episode += 1
-            if conf.limit_step_ratio > 0 and isinstance(policies[key], NetworkPolicy):
-                policies[key].wait_for_learner(steps * workers, conf.limit_step_ratio)
             if time.time() - last_send >= conf.metrics_interval:
                 _send(metrics, pending)
                 last_send = time.time()
+            if conf.limit_step_ratio > 0 and isinstance(policies[key], NetworkPolicy):
+                policies[key].wait_for_learner(steps * workers, conf.limit_step_ratio)
     finally:
         writer.write(chunker.flush())
         _send(metrics, pending)

@@ -1,11 +1,13 @@
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 
 import launch
-from pydreamer import generator, tracking
+from pydreamer import generator, processes, tracking
 from pydreamer.artifacts import ArtifactFolder
 from pydreamer.cli import run_cli
 from pydreamer.config import PROJECT_ROOT, build_config
@@ -94,3 +96,24 @@ def test_bad_input_exits_the_process_with_code_2(tmp_path):
     errors = [line for line in out.stderr.splitlines() if line.startswith('error: ')]
     assert len(errors) == 1 and 'Foo-v9' in errors[0]
     assert not (tmp_path / 'mlruns').exists()
+
+
+def test_prefill_episodes_and_metrics_are_stored_before_waiting_for_the_first_checkpoint(mlflow_local, monkeypatch):
+    conf = build_config(['defaults', 'minatar', 'debug']).replace(generator_workers=1, generator_prefill_steps=300,
+                                                                    metrics_interval=3600)
+    run_id = tracking.start_run(conf, 'test')
+    worker = threading.Thread(target=generator.run, args=(conf, run_id, 0))
+    worker.start()
+    try:
+        deadline = time.time() + 30
+        while not _metric_history(run_id, 'agent/return') and time.time() < deadline:
+            time.sleep(0.5)
+        # the learner has written no checkpoint: the generator now waits with everything stored
+        assert worker.is_alive()
+        assert sum(f.steps for _, f in _files(run_id, 'episodes') + _files(run_id, 'episodes_eval')) >= 300
+        returns = _metric_history(run_id, 'agent/return')
+        assert returns and len(returns) == len(_metric_history(run_id, 'agent/policy_random'))
+    finally:
+        monkeypatch.setattr(processes, '_stop_requested', True)
+        worker.join(30)
+    assert not worker.is_alive()

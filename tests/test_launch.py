@@ -48,7 +48,7 @@ def test_debug_run_trains_and_generates_with_the_network_policy(mlflow_local, tm
     assert 'dreams/dream_0000100.png' in names
     assert tracking.client().list_artifacts(run_id, 'episodes')
 
-    plot_learning.main(['--run', 'e2e', '--out', str(tmp_path / 'docs'), '--bins', '3', '--baseline', '0.5'])
+    plot_learning.main(['--run', 'e2e', '--out', str(tmp_path / 'docs'), '--bins', '3'])
     assert (tmp_path / 'docs' / 'learning_e2e.png').stat().st_size > 1000
     with open(tmp_path / 'docs' / 'learning_e2e.csv') as f:
         rows = list(csv.DictReader(f))
