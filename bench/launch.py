@@ -2,6 +2,7 @@
 keeps collecting with the network policy, generator agent steps/s, and peak memory per process.
 
     .venv/bin/python bench/launch.py [--configs defaults minatar] [--n_steps 60] [--prefill 5000]
+        [-- --limit_step_ratio 20 ...]      # further launch.py overrides
 
 Runs the real launch.py in a temporary folder (embedded mlflow store), samples the RSS of every
 process of the job twice a second, then reads the run's metrics back from mlflow.
@@ -47,13 +48,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument('--configs', nargs='+', default=['defaults', 'minatar'])
     parser.add_argument('--n_steps', type=int, default=60)
     parser.add_argument('--prefill', type=int, default=5000)
+    parser.add_argument('overrides', nargs='*', help='launch.py config overrides, after --')
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, MLFLOW_TRACKING_URI=f'sqlite:///{tmp}/mlflow.db')
         log_path = Path(tmp) / 'launch.log'
         command = [sys.executable, str(ROOT / 'launch.py'), '--configs', *args.configs,
                    '--n_steps', str(args.n_steps), '--generator_prefill_steps', str(args.prefill),
-                   '--log_interval', '10', '--save_interval', '10', '--policy_reload_interval', '10']
+                   '--log_interval', '10', '--save_interval', '10', '--policy_reload_interval', '10', *args.overrides]
         peak: dict[int, float] = defaultdict(float)
         peak_total = 0.0
         start = time.time()
@@ -81,7 +83,8 @@ def main(argv: list[str]) -> None:
         network_steps = {m.step for m in c.get_metric_history(run.info.run_id, 'agent/policy_learner_step')
                          if m.value > 0}
         agent_fps = [m.value for m in c.get_metric_history(run.info.run_id, 'agent/fps') if m.step in network_steps]
-        print(f'config {" ".join(args.configs)}, {args.n_steps} learner steps, prefill {args.prefill}: wall {wall:.0f} s')
+        print(f'config {" ".join(args.configs + args.overrides)}, {args.n_steps} learner steps, '
+              f'prefill {args.prefill}: wall {wall:.0f} s')
         print(f'learner steps/s inside launch.py (mean of logged train/fps after the first log): '
               f'{sum(fps[1:]) / max(1, len(fps) - 1):.3f}  (all: {", ".join(f"{f:.2f}" for f in fps)})')
         print(f'generator agent steps/s with the network policy (mean over its {len(agent_fps)} episodes): '
