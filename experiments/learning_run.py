@@ -6,8 +6,8 @@
 Runs `launch.py --configs defaults minatar` with a short random prefill, the generator rate-limited
 to `--ratio` stored steps per learner step (so that the learner, not the generator, has the cores)
 and frequent checkpoints (so that the generator plays with a recent actor). It stops at `--n_steps`
-learner steps or after `--minutes` (the launcher is interrupted like Ctrl-C and stops its
-processes cleanly), then writes `docs/learning_<run name>.png` and `.csv`. Arguments after `--` are
+learner steps or after `--minutes` (the launcher gets SIGTERM, which it handles like Ctrl-C:
+its processes stop cleanly; SIGINT would be ignored when this script runs in the background), then writes `docs/learning_<run name>.png` and `.csv`. Arguments after `--` are
 further config overrides for launch.py.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
         code = launcher.wait(timeout=args.minutes * 60 if args.minutes > 0 else None)
     except subprocess.TimeoutExpired:
         print(f'[learning_run] {args.minutes:g} minutes are up: stopping the run.', flush=True)
-        launcher.send_signal(signal.SIGINT)
+        launcher.send_signal(signal.SIGTERM)
         code = launcher.wait()
     if code not in (0, 130):
         return code
