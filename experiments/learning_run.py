@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
                '--limit_step_ratio', str(args.ratio), '--save_interval', '100', '--log_interval', '10',
                '--run_name', name, *args.overrides]
     print(f'[learning_run] $ {" ".join(command[1:])}', flush=True)
-    launcher = subprocess.Popen(command, cwd=ROOT)
+    launcher = subprocess.Popen(command)
     try:
         code = launcher.wait(timeout=args.minutes * 60 if args.minutes > 0 else None)
     except subprocess.TimeoutExpired:

@@ -82,3 +82,14 @@ def test_killed_learner_resumes_from_its_checkpoint(mlflow_local, tmp_path):
     assert _checkpoint_step(run_id, tmp_path) == step + 10
     logged = [m.step for m in tracking.client().get_metric_history(run_id, 'train/loss_model')]
     assert max(logged) > step
+
+
+def test_learning_run_trains_then_draws_its_curve(mlflow_local, tmp_path):
+    from experiments import learning_run
+    code = learning_run.main(['--configs', 'defaults', 'minatar', 'debug', '--n_steps', '20', '--prefill', '300',
+                              '--run_name', 'curve', '--out', str(tmp_path / 'docs')])
+    assert code == 0
+    run = _only_run()
+    assert run.info.status == 'FINISHED' and run.data.params['limit_step_ratio'] == '20.0'
+    assert (tmp_path / 'docs' / 'learning_curve.png').exists()
+    assert (tmp_path / 'docs' / 'learning_curve.csv').read_text().startswith('x_kind,x,mean,episodes')
