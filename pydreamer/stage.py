@@ -38,7 +38,9 @@ def run_stage(conf: Config, stage: str, children: Callable[[str], list[Child]],
     run_id = start_run(conf, stage, tags)
     log.info('Tracking store: %s', uri)
     procs = children(run_id)
-    assign_threads(procs, conf.torch_threads, others_mostly_idle=conf.limit_step_ratio > 0)
+    # limit_step_ratio pauses only network-policy generators
+    rate_limited = conf.limit_step_ratio > 0 and conf.policy_main == 'network'
+    assign_threads(procs, conf.torch_threads, others_mostly_idle=rate_limited)
     code = run_children(procs)
     end_run(run_id, 'FINISHED' if code == 0 else 'FAILED' if code == 1 else 'KILLED')
     log.info('Run %s ended (exit code %d).', run_id, code)
