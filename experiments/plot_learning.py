@@ -10,7 +10,6 @@ at learner step 0; their mean return is drawn as the baseline line.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from experiments.plot_transfer import binned, episodes  # noqa: E402
+from experiments.curves import bin_index, binned, episodes, save_figure, write_csv  # noqa: E402
 from pydreamer.tracking import client, get_run, setup_tracking  # noqa: E402
 
 
@@ -39,7 +38,7 @@ def curve(data: np.ndarray, column: int, bins: int) -> list[dict]:
     """Binned mean return over `column` (0 learner steps, 1 env steps) of (N, 3) episode rows."""
     edges = np.linspace(0, max(data[:, column].max(), 1), bins + 1)
     means = binned(data[:, column], data[:, 2], edges)
-    index = np.clip(np.digitize(data[:, column], edges[1:-1]), 0, bins - 1)
+    index = bin_index(data[:, column], edges)
     return [{'x_kind': 'learner_steps' if column == 0 else 'env_steps', 'x': float((lo + hi) / 2),
              'mean': float(m), 'episodes': int(np.sum(index == i))}
             for i, (lo, hi, m) in enumerate(zip(edges[:-1], edges[1:], means)) if not np.isnan(m)]
@@ -58,11 +57,7 @@ def plot(data: np.ndarray, rows: list[dict], title: str, baseline: float, path: 
             ax.axhline(baseline, color='red', linestyle='--', linewidth=1, label='prefill policy')
         ax.set_xlabel(kind.replace('_', ' '))
         ax.set_ylabel('episode return')
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, axes, title, path)
 
 
 def main(argv: list[str]) -> None:
@@ -82,10 +77,7 @@ def main(argv: list[str]) -> None:
     name = run.info.run_name or run.info.run_id
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / f'learning_{name}.csv', 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=['x_kind', 'x', 'mean', 'episodes'])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, ['x_kind', 'x', 'mean', 'episodes'], out / f'learning_{name}.csv')
     plot(data, rows, f'{name}: {run.data.params.get("env_id", "")}', baseline, out / f'learning_{name}.png')
     print(f'[plot] wrote {out / f"learning_{name}.png"} and .csv ({len(data)} episodes)')
     print(f'[plot] prefill policy: return {baseline:.2f} over {len(prefill)} episodes')

@@ -13,7 +13,6 @@ Each episode's return is placed at the learner step of the checkpoint that playe
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from experiments.curves import binned, episodes, history, save_figure, write_csv  # noqa: E402
 from pydreamer.tracking import client, setup_tracking  # noqa: E402
 
 ARMS = ('finetune', 'finetune_frozen_rssm', 'scratch')
@@ -40,27 +40,6 @@ def transfer_runs(transfer: str | None):
     if not chosen:
         raise SystemExit(f'No fine-tuning or scratch runs are tagged transfer={transfer}.')
     return transfer, chosen
-
-
-def history(run_id: str, key: str) -> dict[int, list[float]]:
-    values = defaultdict(list)
-    for m in client().get_metric_history(run_id, key):
-        values[m.step].append(m.value)
-    return values
-
-
-def episodes(run_id: str) -> np.ndarray:
-    """(N, 3) rows of (learner step, env steps, return), one per logged episode."""
-    returns = history(run_id, 'agent/return')
-    learner_steps = history(run_id, 'agent/policy_learner_step')
-    rows = [(learner_steps.get(step, [0.0])[0], step, value)
-            for step, values in sorted(returns.items()) for value in values]
-    return np.array(rows, dtype=float).reshape(-1, 3)
-
-
-def binned(x: np.ndarray, y: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    index = np.clip(np.digitize(x, edges[1:-1]), 0, len(edges) - 2)
-    return np.array([y[index == i].mean() if np.any(index == i) else np.nan for i in range(len(edges) - 1)])
 
 
 def summarise(runs, bins: int) -> list[dict]:
@@ -114,11 +93,7 @@ def plot(rows: list[dict], title: str, path: Path) -> None:
             ax.fill_between(x, m - s, m + s, alpha=0.2)
         ax.set_xlabel(kind.replace('_', ' '))
         ax.set_title(metric.split('/')[-1].replace('_', ' '))
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, axes, title, path)
 
 
 def main(argv: list[str]) -> None:
@@ -132,10 +107,7 @@ def main(argv: list[str]) -> None:
     rows = summarise(runs, args.bins)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / f'transfer_{transfer}.csv', 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=['arm', 'metric', 'x_kind', 'x', 'mean', 'std', 'seeds'])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, ['arm', 'metric', 'x_kind', 'x', 'mean', 'std', 'seeds'], out / f'transfer_{transfer}.csv')
     game = runs[0].data.params.get('env_id', '')
     plot(rows, f'transfer {transfer} on {game}: mean ± std over seeds', out / f'transfer_{transfer}.png')
     print(f'[plot] wrote {out / f"transfer_{transfer}.png"} and .csv')

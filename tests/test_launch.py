@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from experiments import plot_learning
+from experiments import learning_run, plot_learning
 from pydreamer import tracking
 from pydreamer.checkpoint import RunCheckpoints, read_checkpoint
 from pydreamer.config import PROJECT_ROOT
@@ -85,7 +85,6 @@ def test_killed_learner_resumes_from_its_checkpoint(mlflow_local, tmp_path):
 
 
 def test_learning_run_trains_then_draws_its_curve(mlflow_local, tmp_path):
-    from experiments import learning_run
     code = learning_run.main(['--configs', 'defaults', 'minatar', 'debug', '--n_steps', '20', '--prefill', '300',
                               '--run_name', 'curve', '--out', str(tmp_path / 'docs')])
     assert code == 0

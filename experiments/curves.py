@@ -1,0 +1,56 @@
+"""What the plotting commands share: episode returns read back from mlflow, binning, and writing
+a figure and its CSV."""
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from pydreamer.tracking import client
+
+
+def history(run_id: str, key: str) -> dict[int, list[float]]:
+    values = defaultdict(list)
+    for m in client().get_metric_history(run_id, key):
+        values[m.step].append(m.value)
+    return values
+
+
+def episodes(run_id: str) -> np.ndarray:
+    """(N, 3) rows of (learner step, env steps, return), one per logged episode; episodes of the
+    prefill policy (no `agent/policy_learner_step`) sit at learner step 0."""
+    returns = history(run_id, 'agent/return')
+    learner_steps = history(run_id, 'agent/policy_learner_step')
+    rows = [(learner_steps.get(step, [0.0])[0], step, value)
+            for step, values in sorted(returns.items()) for value in values]
+    return np.array(rows, dtype=float).reshape(-1, 3)
+
+
+def bin_index(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The bin of each x among len(edges) - 1 bins; values outside fall into the end bins."""
+    return np.clip(np.digitize(x, edges[1:-1]), 0, len(edges) - 2)
+
+
+def binned(x: np.ndarray, y: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Mean of y per bin of x (nan for an empty bin)."""
+    index = bin_index(x, edges)
+    return np.array([y[index == i].mean() if np.any(index == i) else np.nan for i in range(len(edges) - 1)])
+
+
+def write_csv(rows: list[dict], fields: list[str], path: Path) -> None:
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def save_figure(fig, axes, title: str, path: Path) -> None:
+    """Legend on the first panel, the title above all, a small PNG."""
+    import matplotlib.pyplot as plt
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
