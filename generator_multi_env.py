@@ -8,7 +8,6 @@ hold consecutive episodes of different games. Metrics go to `agent/*` and `agent
 """
 from __future__ import annotations
 
-from pydreamer import generator
 from pydreamer.config import Config, ConfigError
 
 
@@ -22,4 +21,5 @@ def check(conf: Config) -> None:
 
 
 def run(conf: Config, run_id: str, worker: int) -> None:
+    from pydreamer import generator  # in the worker only: the launcher does not need torch
     generator.run(conf, run_id, worker)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 
-from pydreamer import generator, learner
 from pydreamer.cli import run_cli
 from pydreamer.config import ConfigError, parse_args
 from pydreamer.processes import Child
@@ -25,9 +24,9 @@ def main(argv: list[str]) -> int:
     check_generator_config(conf)
 
     def children(run_id: str) -> list[Child]:
-        procs = [Child(f'generator-{w}', generator.run, (conf, run_id, w)) for w in range(conf.generator_workers)]
+        procs = [Child(f'generator-{w}', 'pydreamer.generator:run', (conf, run_id, w)) for w in range(conf.generator_workers)]
         if conf.n_steps > 0:
-            procs.append(Child('learner', learner.run, (conf, run_id), ends_job=True, trains=True))
+            procs.append(Child('learner', 'pydreamer.learner:run', (conf, run_id), ends_job=True, trains=True))
         return procs
 
     return run_stage(conf, 'launch', children)

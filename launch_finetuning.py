@@ -11,8 +11,6 @@ from __future__ import annotations
 import sys
 import tempfile
 
-import train_finetune
-from pydreamer import generator
 from pydreamer.checkpoint import read_checkpoint
 from pydreamer.cli import run_cli
 from pydreamer.config import parse_args
@@ -30,8 +28,8 @@ def main(argv: list[str]) -> int:
         check_compatible(payload['config'], conf, conf.load_parts, conf.model_checkpoint)
 
     def children(run_id: str) -> list[Child]:
-        return [Child(f'generator-{w}', generator.run, (conf, run_id, w)) for w in range(conf.generator_workers)] + \
-               [Child('learner', train_finetune.run, (conf, run_id), ends_job=True, trains=True)]
+        return [Child(f'generator-{w}', 'pydreamer.generator:run', (conf, run_id, w)) for w in range(conf.generator_workers)] + \
+               [Child('learner', 'train_finetune:run', (conf, run_id), ends_job=True, trains=True)]
 
     return run_stage(conf, 'finetune', children, tags={'pretrained_checkpoint': conf.model_checkpoint})
 

@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
     generator_multi_env.check(conf)
     check_generator_config(conf)
     return run_stage(conf, 'generator_multi_env', lambda run_id: [
-        Child(f'generator-{w}', generator_multi_env.run, (conf, run_id, w)) for w in range(conf.generator_workers)])
+        Child(f'generator-{w}', 'generator_multi_env:run', (conf, run_id, w)) for w in range(conf.generator_workers)])
 
 
 if __name__ == '__main__':

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 
-import train_wm_only
 from pydreamer.artifacts import ArtifactFolder
 from pydreamer.cli import run_cli
 from pydreamer.config import ConfigError, parse_args
@@ -28,7 +27,7 @@ def check_data_run(run_id: str) -> None:
 def main(argv: list[str]) -> int:
     conf = parse_args(argv, default_sections=('defaults', 'minatar', 'wm_training'))
     check_data_run(conf.mlflow_run_id)
-    return run_stage(conf, 'wm_training', lambda run_id: [Child('learner', train_wm_only.run, (conf, run_id), ends_job=True, trains=True)],
+    return run_stage(conf, 'wm_training', lambda run_id: [Child('learner', 'train_wm_only:run', (conf, run_id), ends_job=True, trains=True)],
                      tags={'data_run_id': conf.mlflow_run_id})
 
 

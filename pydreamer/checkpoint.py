@@ -2,7 +2,8 @@
 
 A checkpoint is written to a temporary file and renamed (then uploaded as `checkpoints/latest.pt`
 of the run), so a reader never sees half a file. It carries its resolved config so a later stage
-can check that the architecture matches before loading anything.
+can check that the architecture matches before loading anything. torch is imported by the two
+functions that need it: launchers import this module only for CheckpointError.
 """
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Any, Mapping
 
 from pydreamer.artifacts import ArtifactFolder
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ class CheckpointError(ValueError):
 def save_checkpoint(path: Path, step: int, model: torch.nn.Module,
                     optimizers: Mapping[str, torch.optim.Optimizer], conf: Mapping[str, Any],
                     extra: Mapping[str, Any] | None = None) -> None:
+    import torch
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -54,6 +57,7 @@ def save_checkpoint(path: Path, step: int, model: torch.nn.Module,
 
 def read_checkpoint(path: Path) -> dict:
     """Load a checkpoint file onto the CPU, checking its format."""
+    import torch
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'Checkpoint file {path} does not exist.')

@@ -20,17 +20,46 @@ A time limit ends the episode with truncated=True and leaves `terminated` as the
 it, so a game over on the last allowed step is still terminal.
 """
 
+import contextlib
 import functools
+import logging
 import re
+import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import ale_py
 import cv2
 import gymnasium
-import minatar.gym
 import numpy as np
 from gymnasium.wrappers import AtariPreprocessing
+
+
+@contextlib.contextmanager
+def _plotting_hidden() -> Iterator[None]:
+    """minatar imports pyplot and seaborn for its own renderer, which is never used here (frames
+    are coloured by pydreamer.dreams): hiding them while it loads saves ~150 MB in every process
+    that steps an environment. Its "cannot import" warnings are muted."""
+    names = ('matplotlib', 'seaborn')
+    saved = {name: sys.modules[name] for name in names if name in sys.modules}
+    sys.modules.update(dict.fromkeys(names))  # a None entry makes `import name` fail
+    root = logging.getLogger()
+    mute = logging.NullHandler()  # with no handler at all, logging.warning would configure one
+    root.addHandler(mute)
+    previous_disable = root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous_disable)
+        root.removeHandler(mute)
+        for name in names:
+            sys.modules.pop(name)
+        sys.modules.update(saved)
+
+
+with _plotting_hidden():
+    import minatar.gym
 
 STORED_KEYS = ('image', 'vecobs')
 
@@ -50,6 +79,13 @@ def _unknown_env(env_id: str) -> UnknownEnvError:
         f"Unknown environment id {env_id!r}: expected MinAtar/<Game>-v0|v1 with <Game> one of "
         f"{', '.join(MINATAR_GAMES)}, Atari-<Game> or AtariGray-<Game> with an ALE game name "
         f"(e.g. Atari-Space_Invaders), or a registered gymnasium id.")
+
+
+def env_id_list(env_id) -> list[str]:
+    ids = [env_id] if isinstance(env_id, str) else list(env_id or [])
+    if not ids or not all(isinstance(i, str) and i for i in ids):
+        raise ValueError(f'Config key env_id must be an env id or a list of env ids, got {env_id!r}.')
+    return ids
 
 
 @functools.cache

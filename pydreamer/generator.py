@@ -20,20 +20,14 @@ from tqdm import tqdm
 
 from pydreamer.artifacts import ArtifactFolder
 from pydreamer.config import Config
-from pydreamer.envs import Env, first_row, make_env, next_row
+from pydreamer.envs import Env, env_id_list, first_row, make_env, next_row
 from pydreamer.episodes import EpisodeChunker, EpisodeFile, resume_point, save_episode
-from pydreamer.policies import NetworkPolicy, make_policy
+from pydreamer.network_policy import NetworkPolicy
+from pydreamer.policies import make_policy
 from pydreamer.processes import stop_requested
 from pydreamer.tracking import MetricsLogger
 
 log = logging.getLogger(__name__)
-
-
-def env_id_list(env_id) -> list[str]:
-    ids = [env_id] if isinstance(env_id, str) else list(env_id or [])
-    if not ids or not all(isinstance(i, str) and i for i in ids):
-        raise ValueError(f'Config key env_id must be an env id or a list of env ids, got {env_id!r}.')
-    return ids
 
 
 def worker_share(total: int, workers: int, worker: int) -> int:

@@ -2,23 +2,16 @@
 
 A policy maps an observation dict (with `reset` true on an episode's first observation) to an
 action index and a dict of metrics; it knows nothing about files or mlflow runs beyond loading
-its own weights.
+its own weights. The policies that need torch are imported only when made, so that launchers,
+which check the policies of a config before starting anything, stay light.
 """
 from __future__ import annotations
 
-import logging
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from pydreamer.checkpoint import CheckpointError, RunCheckpoints, read_checkpoint
 from pydreamer.config import PROJECT_ROOT, Config
-from pydreamer.processes import stop_requested
-
-log = logging.getLogger(__name__)
 
 POLICY_NAMES = ('random', 'network', 'dqn', 'atari_net')
 
@@ -30,81 +23,6 @@ class RandomPolicy:
 
     def __call__(self, obs: dict) -> tuple[int, dict]:
         return int(self.rng.integers(self.action_dim)), {}
-
-
-class NetworkPolicy:
-    """The Dreamer actor of the newest checkpoint of a run, reloaded every `reload_seconds`.
-
-    Before the learner's first checkpoint the generator waits (`wait_for_checkpoint`) rather than
-    piling up more prefill-policy data. Only a missing checkpoint means "not yet"; a checkpoint
-    that exists but cannot be read is logged with its cause and the previous weights stay in use.
-    """
-
-    def __init__(self, conf: Config, run_id: str, action_dim: int, seed: int, reload_seconds: float = 60.0):
-        from pydreamer.models.dreamer import Dreamer
-        self.conf = conf
-        self.action_dim = action_dim
-        self.reload_seconds = reload_seconds
-        self.checkpoints = RunCheckpoints(run_id)
-        torch.manual_seed(seed)
-        self.model = Dreamer(conf).eval()
-        self.loaded_step: int | None = None
-        self._checked_at = -float('inf')
-        self._state = None
-        self._prev_action = np.zeros(action_dim, np.float32)
-
-    def _maybe_reload(self, force: bool = False) -> None:
-        if not force and time.time() - self._checked_at < self.reload_seconds:
-            return
-        self._checked_at = time.time()
-        with tempfile.TemporaryDirectory(prefix='pydreamer-policy-') as tmp:
-            try:
-                local = self.checkpoints.download(tmp)
-                if local is None:
-                    return
-                payload = read_checkpoint(local)
-                if payload['step'] != self.loaded_step:
-                    self.model.load_state_dict(payload['model'])
-                    self.loaded_step = int(payload['step'])
-                    log.info('Network policy loaded the checkpoint of learner step %d.', self.loaded_step)
-            except (CheckpointError, OSError, RuntimeError) as e:
-                log.warning('Could not load the newest checkpoint (%s: %s); keeping the current policy.',
-                            type(e).__name__, e)
-
-    def wait_for_checkpoint(self, poll_seconds: float = 1.0) -> bool:
-        """Block until a checkpoint is loaded; False if the process was asked to stop first."""
-        if self.loaded_step is None:
-            log.info('Waiting for the learner\'s first checkpoint.')
-        while self.loaded_step is None:
-            if stop_requested():
-                return False
-            self._maybe_reload(force=True)
-            if self.loaded_step is None:
-                time.sleep(poll_seconds)
-        return True
-
-    def wait_for_learner(self, stored_steps: int, ratio: float, poll_seconds: float = 2.0) -> None:
-        """Pause while the run holds more than `ratio` stored steps per learner step."""
-        while self.loaded_step is not None and stored_steps > ratio * max(1, self.loaded_step):
-            time.sleep(poll_seconds)
-            self._maybe_reload(force=True)
-
-    def __call__(self, obs: dict) -> tuple[int, dict]:
-        from pydreamer.preprocess import preprocess_step
-        if obs['reset']:
-            self._maybe_reload()
-            self._state = self.model.init_state(1)
-            self._prev_action = np.zeros(self.action_dim, np.float32)
-        if self.loaded_step is None:
-            raise RuntimeError('NetworkPolicy has no checkpoint yet; call wait_for_checkpoint() first.')
-        step = {k: obs[k][np.newaxis] for k in ('image', 'vecobs') if k in obs}
-        step.update(action=self._prev_action[np.newaxis], reset=np.array([obs['reset']]))
-        action, self._state, metrics = self.model.policy(preprocess_step(step, self.conf), self._state)
-        index = int(action[0].argmax())
-        self._prev_action = np.eye(self.action_dim, dtype=np.float32)[index]
-        return index, {'policy_value': float(metrics['policy_value'][0]),
-                       'policy_entropy': float(metrics['policy_entropy'][0]),
-                       'policy_learner_step': float(self.loaded_step)}
 
 
 def checkpoint_folder(conf: Config, key: str, env_id: str) -> Path:
@@ -128,5 +46,6 @@ def make_policy(name: str, conf: Config, run_id: str, env_id: str, action_dim: i
         from atari_net import AtariNetPolicy, ale_game_name
         return AtariNetPolicy(checkpoint_folder(conf, 'atari_net_dir', env_id), ale_game_name(env_id), seed=seed)
     if name == 'network':
+        from pydreamer.network_policy import NetworkPolicy
         return NetworkPolicy(conf, run_id, action_dim, seed, conf.policy_reload_interval)
     raise ValueError(f'Unknown policy {name!r} for {env_id}; expected one of: {", ".join(POLICY_NAMES)}.')

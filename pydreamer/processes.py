@@ -6,13 +6,14 @@ not each start one thread per core and fight over them.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import multiprocessing as mp
 import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from pydreamer.logs import configure_logging
 
@@ -21,13 +22,15 @@ log = logging.getLogger(__name__)
 _THREAD_ENV = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS')
 # glibc returns large freed buffers to the OS at once by default, so every training step
 # page-faults its activations back in (measured: 18% of an fp32 learner step); keep them.
-_MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': '4294967296', 'MALLOC_TRIM_THRESHOLD_': '4294967296'}
+# glibc reads these at process start: they reach children through the environment.
+MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': '4294967296', 'MALLOC_TRIM_THRESHOLD_': '4294967296'}
 
 
 @dataclass
 class Child:
     name: str                      # also the log prefix, e.g. 'generator-0' or 'learner'
-    target: Callable[..., Any]     # a module-level function (spawn pickles it by reference)
+    target: str                    # 'module:function', imported in the child only: the launcher
+                                   # stays free of torch and the models (~250 MB less)
     args: tuple = ()
     ends_job: bool = False         # when this child finishes, the others are stopped and the job ends
     trains: bool = False           # a learner: it gets the cores the other children leave free
@@ -74,7 +77,13 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _child_main(name: str, threads: int, target: Callable[..., Any], args: tuple) -> None:
+def resolve_target(target: str):
+    """'package.module:function' -> the function."""
+    module, _, function = target.partition(':')
+    return getattr(importlib.import_module(module), function)
+
+
+def _child_main(name: str, threads: int, target: str, args: tuple) -> None:
     global _launcher_pid
     _launcher_pid = os.getppid()
     configure_logging(name)
@@ -82,15 +91,15 @@ def _child_main(name: str, threads: int, target: Callable[..., Any], args: tuple
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the launcher, which stops us by SIGTERM
     import torch
     torch.set_num_threads(threads)
-    target(*args)
+    resolve_target(target)(*args)
 
 
 def run_children(children: list[Child], poll_seconds: float = 0.5) -> int:
     """Start the children (threads as set by assign_threads, else 1) and wait.
     Returns 0 on success, 1 when a child failed, 130 on Ctrl-C."""
     ctx = mp.get_context('spawn')
-    saved_env = {k: os.environ.get(k) for k in (*_THREAD_ENV, *_MALLOC_ENV)}
-    os.environ.update({k: v for k, v in _MALLOC_ENV.items() if k not in os.environ})
+    saved_env = {k: os.environ.get(k) for k in (*_THREAD_ENV, *MALLOC_ENV)}
+    os.environ.update({k: v for k, v in MALLOC_ENV.items() if k not in os.environ})
     try:
         for child in children:
             threads = max(1, child.threads)

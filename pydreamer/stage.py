@@ -6,8 +6,7 @@ import logging
 from typing import Callable, Mapping
 
 from pydreamer.config import Config, ConfigError
-from pydreamer.envs import make_env
-from pydreamer.generator import env_id_list
+from pydreamer.envs import env_id_list, make_env
 from pydreamer.policies import make_policy
 from pydreamer.processes import Child, assign_threads, run_children
 from pydreamer.tracking import end_run, setup_tracking, start_run
