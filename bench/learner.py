@@ -47,8 +47,7 @@ def time_steps(conf, run_id: str, steps: int, wm_only: bool) -> dict[str, float]
         t0 = time.perf_counter()
         obs = preprocess(stream.next(), conf)
         t1 = time.perf_counter()
-        losses, state, _, _ = model.training_step(obs, state)
-        model.update(losses, optimizers)
+        state, _ = model.train_step(obs, state, optimizers)
         t2 = time.perf_counter()
         if i:
             totals['data'] += (t1 - t0) / steps

@@ -108,14 +108,11 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
             if not conf.keep_state:
                 state = model.init_state(conf.batch_size)
             train_wm = not spec.wm_steps or step < spec.wm_steps
-            losses, state, metrics, _ = model.training_step(obs, state)
-            if not train_wm:
-                losses.pop('wm')
-            norms = model.update(losses, optimizers)
+            state, metrics = model.train_step(obs, state, optimizers, train_wm=train_wm)
             t2 = time.time()
             step += 1
             bar.update(1)
-            for key, value in {**metrics, **norms}.items():
+            for key, value in metrics.items():
                 sums[key] += float(value)
                 counts[key] += 1
             sums['timer_data'] += t1 - t0

@@ -39,7 +39,7 @@ def _image(x: np.ndarray, conf, device) -> Tensor:
 
 
 def preprocess(batch: dict[str, np.ndarray], conf, device='cpu') -> dict[str, Tensor]:
-    """A time-major numpy batch -> the tensors `Dreamer.training_step` expects (see module doc)."""
+    """A time-major numpy batch -> the tensors `Dreamer.train_step` expects (see module doc)."""
     T, B = batch['reward'].shape[:2]
     out: dict[str, Tensor] = {}
     for key, value in batch.items():

@@ -2,6 +2,7 @@
 
 All tests run real torch on one thread with the `debug` config sections.
 """
+import copy
 import io
 import math
 
@@ -212,9 +213,10 @@ def test_actor_critic_shapes(T, B, actor_dist):
     assert policy.log_prob(action).shape == (T, B) and ac.critic(features).shape == (T, B)
     imagined = Imagined(torch.randn(H + 1, T * B, F), None, None,
                         torch.rand(H, T * B, A) * 1.8 - 0.9, ac.actor(torch.randn(H, T * B, F)))
-    losses, metrics, tensors = ac.training_step(imagined, torch.randn(H, T * B), torch.rand(H + 1, T * B))
-    assert set(losses) == {'actor', 'critic'} and all(v.dim() == 0 for v in losses.values())
-    assert tensors['value'].shape == (H, T * B)
+    loss_actor, targets, _ = ac.actor_loss(imagined, torch.randn(H, T * B), torch.rand(H + 1, T * B))
+    assert targets.returns.shape == targets.weight.shape == (H, T * B)
+    loss_critic, _ = ac.critic_loss(imagined, targets)
+    assert loss_actor.dim() == loss_critic.dim() == 0
 
 
 @pytest.mark.parametrize('sections,changes', [
@@ -231,20 +233,18 @@ def test_dreamer_training_step_shapes(sections, changes):
     for T, B in [(3, 2), (5, 1)]:
         model = Dreamer(conf)
         obs = make_obs(conf, T, B)
-        losses, out_state, metrics, tensors = model.training_step(obs, model.init_state(B), do_image_pred=True)
-        assert set(losses) == {'wm', 'actor', 'critic'}
-        assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+        tensors = model.wm.training_step(obs, model.init_state(B), do_image_pred=True).tensors
+        assert tensors['image_rec'].shape == tensors['image_pred'].shape == obs['image'].shape
+        assert tensors['loss_kl'].shape == (T, B)
+        optimizers = model.init_optimizers()
+        out_state, metrics = model.train_step(obs, model.init_state(B), optimizers)
         assert out_state[0].shape == (B * I, conf.deter_dim)
         for key in ('loss_model', 'loss_kl', 'loss_image', 'loss_reward', 'loss_terminal', 'entropy_prior',
                     'entropy_post', 'loss_actor', 'loss_critic', 'policy_entropy', 'policy_value',
-                    'policy_reward', 'policy_reward_std'):
+                    'policy_reward', 'policy_reward_std', 'grad_norm_wm', 'grad_norm_actor', 'grad_norm_critic'):
             assert metrics[key].dim() == 0 and torch.isfinite(metrics[key]), key
-        assert tensors['image_rec'].shape == tensors['image_pred'].shape == obs['image'].shape
-        assert tensors['policy_value'].shape == (T, B) and tensors['loss_kl'].shape == (T, B)
-        norms = model.update(losses, model.init_optimizers())
-        assert set(norms) == {'grad_norm_wm', 'grad_norm_actor', 'grad_norm_critic'}
         # a second batch continues from the carried state (B·I rows)
-        model.training_step(make_obs(conf, T, B, seed=1), out_state)
+        model.train_step(make_obs(conf, T, B, seed=1), out_state, optimizers)
 
 
 def test_policy_and_dream():
@@ -274,10 +274,9 @@ def test_wm_only_mode_skips_imagination():
     model = Dreamer(conf, wm_only=True)
     obs = make_obs(conf, 4, 2)
     optimizers = model.init_optimizers()
-    losses, _, metrics, _ = model.training_step(obs, model.init_state(2))
-    assert set(losses) == {'wm'} and 'loss_actor' not in metrics
     before = [p.clone() for p in model.ac.parameters()]
-    assert set(model.update(losses, optimizers)) == {'grad_norm_wm'}
+    _, metrics = model.train_step(obs, model.init_state(2), optimizers)
+    assert 'loss_actor' not in metrics and [k for k in metrics if k.startswith('grad_norm')] == ['grad_norm_wm']
     assert all(torch.equal(a, b) for a, b in zip(before, model.ac.parameters()))
     assert int(model.ac.train_steps) == 0
 
@@ -366,8 +365,7 @@ def test_debug_model_overfits_one_batch():
     obs = make_obs(conf, conf.batch_length, conf.batch_size)
     history = []
     for _ in range(100):
-        losses, _, metrics, _ = model.training_step(obs, model.init_state(conf.batch_size))
-        model.update(losses, optimizers)
+        _, metrics = model.train_step(obs, model.init_state(conf.batch_size), optimizers)
         history.append(metrics)
     for key in ('loss_model', 'loss_kl', 'loss_image', 'loss_reward', 'loss_terminal'):
         assert all(math.isfinite(m[key].item()) for m in history), key
@@ -388,13 +386,14 @@ def test_actor_and_critic_losses_fall_on_a_fixed_batch():
     history = []
     for _ in range(30):
         imagined = Imagined(features, None, None, actions, ac.actor(features[:-1]))
-        losses, _, _ = ac.training_step(imagined, reward, terminal)
+        loss_actor, targets, _ = ac.actor_loss(imagined, reward, terminal)
+        loss_critic, _ = ac.critic_loss(imagined, targets)
         opt_actor.zero_grad()
         opt_critic.zero_grad()
-        (losses['actor'] + losses['critic']).backward()
+        (loss_actor + loss_critic).backward()
         opt_actor.step()
         opt_critic.step()
-        history.append({k: v.item() for k, v in losses.items()})
+        history.append({'actor': loss_actor.item(), 'critic': loss_critic.item()})
     assert history[-1]['critic'] < 0.5 * history[0]['critic']
     assert history[-1]['actor'] < history[0]['actor'] - 0.1
 
@@ -403,14 +402,22 @@ def grads(module):
     return [p.grad for p in module.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
 
 
+def imagined_losses(model, obs):
+    """The actor and critic losses of one batch, as train_step computes them, without stepping."""
+    wm = model.wm.training_step(obs, model.init_state(obs['reward'].shape[1]))
+    imagined, reward, terminal = model.imagine(wm.states)
+    loss_actor, targets, _ = model.ac.actor_loss(imagined, reward, terminal)
+    return loss_actor, model.ac.critic_loss(imagined, targets)[0]
+
+
 def test_reinforce_gives_world_model_no_gradient():
     conf = config()
     model = Dreamer(conf)
     obs = make_obs(conf, 4, 2)
-    losses, _, _, _ = model.training_step(obs, model.init_state(2))
-    losses['actor'].backward()
+    loss_actor, loss_critic = imagined_losses(model, obs)
+    loss_actor.backward()
     assert grads(model.wm) == [] and grads(model.ac.critic) == [] and grads(model.ac.actor)
-    losses['critic'].backward()
+    loss_critic.backward()
     assert grads(model.wm) == [] and grads(model.ac.critic)
     assert all(p.requires_grad for p in model.wm.parameters())             # unfrozen again
 
@@ -420,8 +427,8 @@ def test_dynamics_backprop_reaches_the_actor_through_the_rollout():
     model = Dreamer(conf)
     obs = make_obs(conf, 4, 2)
     torch.manual_seed(0)
-    losses, _, _, _ = model.training_step(obs, model.init_state(2))
-    losses['actor'].backward()
+    loss_actor, _ = imagined_losses(model, obs)
+    loss_actor.backward()
     assert len(grads(model.ac.actor)) == len(list(model.ac.actor.parameters()))  # value path only
     assert grads(model.wm) == [] and grads(model.ac.critic) == []
 
@@ -434,8 +441,8 @@ def test_dynamics_backprop_reaches_the_actor_through_the_rollout():
         detached = imagined._replace(features=imagined.features.detach())
         reward = detached.apply(model.wm.decoder.reward, 1)
         terminal = torch.sigmoid(detached.apply(model.wm.decoder.terminal))
-        losses, _, _ = model.ac.training_step(detached, reward, terminal)
-    losses['actor'].backward()
+        loss_actor, _, _ = model.ac.actor_loss(detached, reward, terminal)
+    loss_actor.backward()
     assert grads(model.ac.actor) == []
 
 
@@ -445,11 +452,10 @@ def test_target_critic_is_a_hard_copy_every_interval():
     obs = make_obs(conf, 3, 2)
     optimizers = model.init_optimizers()
     for step in range(5):
-        losses, _, _, _ = model.training_step(obs, model.init_state(2))
-        copied = all(torch.equal(a, b) for a, b in zip(model.ac.critic.parameters(),
-                                                        model.ac.critic_target.parameters()))
+        critic = [p.clone() for p in model.ac.critic.parameters()]
+        model.train_step(obs, model.init_state(2), optimizers)
+        copied = all(torch.equal(a, b) for a, b in zip(critic, model.ac.critic_target.parameters()))
         assert copied == (step % 3 == 0), step
-        model.update(losses, optimizers)
     assert all(not p.requires_grad for p in model.ac.critic_target.parameters())
 
 
@@ -459,10 +465,11 @@ def test_bf16_autocast_agrees_with_fp32():
     obs = make_obs(conf, conf.batch_length, conf.batch_size)
     results = {}
     for amp in ('false', 'true'):
-        model.amp = amp
+        twin = copy.deepcopy(model)
+        twin.amp = amp
         torch.manual_seed(0)
-        losses, _, metrics, _ = model.training_step(obs, model.init_state(conf.batch_size))
-        assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
+        _, metrics = twin.train_step(obs, twin.init_state(conf.batch_size), twin.init_optimizers())
+        assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in metrics.values())
         results[amp] = metrics
     for key in ('loss_model', 'loss_image', 'entropy_prior', 'entropy_post'):
         assert math.isclose(results['true'][key], results['false'][key], rel_tol=0.02), key
@@ -476,7 +483,7 @@ def test_state_dict_round_trip():
     model = Dreamer(conf)
     optimizers = model.init_optimizers()
     for _ in range(2):
-        model.update(model.training_step(obs, model.init_state(2))[0], optimizers)
+        model.train_step(obs, model.init_state(2), optimizers)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     buffer.seek(0)
@@ -486,8 +493,10 @@ def test_state_dict_round_trip():
     outputs = []
     for m in (model, fresh):
         torch.manual_seed(0)
-        losses, state, metrics, _ = m.training_step(obs, m.init_state(2))
-        outputs.append((losses, state, metrics))
-    (la, sa, ma), (lb, sb, mb) = outputs
-    assert all(torch.equal(la[k], lb[k]) for k in la)
+        with torch.no_grad():
+            wm = m.wm.training_step(obs, m.init_state(2))
+            imagined, reward, terminal = m.imagine(wm.states)
+            loss_actor, targets, _ = m.ac.actor_loss(imagined, reward, terminal)
+        outputs.append((wm.out_state, {**wm.metrics, 'loss_actor': loss_actor, 'returns': targets.returns}))
+    (sa, ma), (sb, mb) = outputs
     assert torch.equal(sa[0], sb[0]) and all(torch.equal(ma[k], mb[k]) for k in ma)

@@ -92,6 +92,11 @@ class Imagined(NamedTuple):
         return mlp(features.detach() if detach else features).float()
 
 
+class Targets(NamedTuple):
+    returns: Tensor   # (H, M) λ-returns R0 .. R_{H-1}
+    weight: Tensor    # (H, M) Π_{k<=t} (1 - p(s_k)), detached
+
+
 class ActorCritic(nn.Module):
 
     def __init__(self, conf, feature_dim: int):
@@ -166,55 +171,69 @@ class ActorCritic(nn.Module):
             outs.append(out)
         return Imagined(None, torch.stack(hs), torch.stack(indices), torch.stack(actions), torch.stack(outs))
 
-    def training_step(self, imagined: Imagined, reward: Tensor, terminal: Tensor
-                      ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+    def actor_loss(self, imagined: Imagined, reward: Tensor, terminal: Tensor
+                   ) -> tuple[Tensor, Targets, dict[str, Tensor]]:
         """reward (H, M): reward head mean of states 1..H; terminal (H+1, M): terminal
-        probabilities of states 0..H. Returns ({'actor', 'critic'} losses, metrics, tensors)."""
+        probabilities of states 0..H. Returns (actor loss, the critic's targets, metrics)."""
         H, M = imagined.actions.shape[:2]
         assert reward.shape == (H, M) and terminal.shape == (H + 1, M)
         dynamics = self.actor_grad == 'dynamics'
         with torch.set_grad_enabled(dynamics and torch.is_grad_enabled()):
             # the target critic has no trainable parameters; under `dynamics` gradients flow through its input
             value_target = imagined.apply(self.critic_target)                 # (H+1, M)
-        value = imagined.apply(self.critic, 0, H, detach=True)                 # (H, M)
+        targets = value_targets(reward, terminal, value_target, self.gamma, self.lambda_)
         if dynamics:
             # DreamerV2 evaluates the entropy on stop-gradient features
             policy = self.distribution(imagined.apply(self.actor, 0, H, detach=True))
+            log_prob = None
         else:
             policy = self.distribution(imagined.actor_out)
-        return actor_critic_losses(
-            reward=reward, terminal=terminal, value=value, value_target=value_target,
-            log_prob=None if dynamics else policy.log_prob(imagined.actions.detach()), entropy=policy.entropy(),
-            gamma=self.gamma, lambda_=self.lambda_, entropy_weight=self.entropy_weight)
+            log_prob = policy.log_prob(imagined.actions.detach())
+        loss, metrics = actor_loss(targets, value_target, log_prob, policy.entropy(), self.entropy_weight)
+        metrics.update(policy_reward=reward.mean().detach(), policy_reward_std=reward.std().detach(),
+                       policy_terminal=terminal.mean().detach())
+        return loss, targets._replace(returns=targets.returns.detach()), metrics
+
+    def critic_loss(self, imagined: Imagined, targets: Targets) -> tuple[Tensor, dict[str, Tensor]]:
+        """The critic's regression onto the λ-returns of `actor_loss`, on detached features."""
+        H = imagined.actions.shape[0]
+        value = imagined.apply(self.critic, 0, H, detach=True)                 # (H, M)
+        return critic_loss(value, targets)
 
 
-def actor_critic_losses(reward: Tensor, terminal: Tensor, value: Tensor, value_target: Tensor,
-                        log_prob: Tensor | None, entropy: Tensor, gamma: float, lambda_: float,
-                        entropy_weight: float) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
-    """Actor and critic losses of an imagined batch (shapes in the module docstring).
-
-    reward (H, M); terminal (H+1, M); value (H, M) online critic of states 0..H-1;
-    value_target (H+1, M) target critic of states 0..H; log_prob (H, M) of the taken actions
-    for REINFORCE, or None for dynamics backpropagation (the actor then maximises the λ-return
-    directly, gradients flowing through reward, terminal and value_target); entropy (H, M).
-
-        critic loss = mean(w · 0.5 (sg(R) - v)²)
-        actor loss  = mean(w · (-log π(a)·sg(R - v') - η H(π)))       REINFORCE (eq. 6, ρ = 1)
-                      mean(w · (-R - η H(π)))                           dynamics  (eq. 6, ρ = 0)
-    """
+def value_targets(reward: Tensor, terminal: Tensor, value_target: Tensor, gamma: float, lambda_: float) -> Targets:
+    """λ-returns and step weights of an imagined batch (shapes in the module docstring):
+    reward (H, M); terminal (H+1, M); value_target (H+1, M) target critic of states 0..H."""
     discount = gamma * (1 - terminal[1:])                                     # (H, M)
     returns = lambda_return(reward, value_target, discount, lambda_)          # (H, M)
     weight = torch.cumprod(1 - terminal[:-1].detach(), 0)                     # (H, M)
-    loss_critic = (weight * 0.5 * (returns.detach() - value).square()).mean()
+    return Targets(returns, weight)
+
+
+def actor_loss(targets: Targets, value_target: Tensor, log_prob: Tensor | None, entropy: Tensor,
+               entropy_weight: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """log_prob (H, M) of the taken actions for REINFORCE, or None for dynamics backpropagation
+    (the actor then maximises the λ-return directly, gradients flowing through reward, terminal
+    and value_target); entropy (H, M).
+
+        actor loss = mean(w · (-log π(a)·sg(R - v') - η H(π)))       REINFORCE (eq. 6, ρ = 1)
+                     mean(w · (-R - η H(π)))                           dynamics  (eq. 6, ρ = 0)
+    """
+    returns, weight = targets
     advantage = (returns - value_target[:-1]).detach()
     loss_policy = -returns if log_prob is None else -log_prob * advantage
-    loss_actor = (weight * (loss_policy - entropy_weight * entropy)).mean()
+    loss = (weight * (loss_policy - entropy_weight * entropy)).mean()
     with torch.no_grad():
-        metrics = {'loss_actor': loss_actor.detach(), 'loss_critic': loss_critic.detach(),
-                   'policy_entropy': entropy.mean(), 'policy_value': value[0].mean(),
-                   'policy_value_im': value.mean(), 'policy_return': returns.mean(),
-                   'policy_advantage_std': advantage.std(), 'policy_reward': reward.mean(),
-                   'policy_reward_std': reward.std(), 'policy_terminal': terminal.mean(),
+        metrics = {'loss_actor': loss.detach(), 'policy_entropy': entropy.mean(),
+                   'policy_return': returns.mean(), 'policy_advantage_std': advantage.std(),
                    'policy_weight': weight.mean()}
-        tensors = {'value': value.detach(), 'value_target': returns.detach(), 'value_weight': weight}
-    return {'actor': loss_actor, 'critic': loss_critic}, metrics, tensors
+    return loss, metrics
+
+
+def critic_loss(value: Tensor, targets: Targets) -> tuple[Tensor, dict[str, Tensor]]:
+    """value (H, M) online critic of states 0..H-1.   critic loss = mean(w · 0.5 (sg(R) - v)²)"""
+    returns, weight = targets
+    loss = (weight * 0.5 * (returns.detach() - value).square()).mean()
+    with torch.no_grad():
+        metrics = {'loss_critic': loss.detach(), 'policy_value': value[0].mean(), 'policy_value_im': value.mean()}
+    return loss, metrics

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from pydreamer.models.actor_critic import ActorCritic
+from pydreamer.models.actor_critic import ActorCritic, Imagined
 from pydreamer.models.common import frozen
 from pydreamer.models.rssm import State
 from pydreamer.models.world_model import WorldModel
@@ -71,55 +71,54 @@ class Dreamer(nn.Module):
                                         weight_decay=self.weight_decay, fused=fused)
                 for role in ROLES}
 
-    def training_step(self, obs: dict[str, Tensor], in_state: State, do_image_pred: bool = False
-                      ) -> tuple[dict[str, Tensor], State, dict[str, Tensor], dict[str, Tensor]]:
-        """obs: preprocessed (T, B, ...) tensors; in_state of B (or B·I) rows.
+    def train_step(self, obs: dict[str, Tensor], in_state: State, optimizers: dict[str, torch.optim.Optimizer],
+                   train_wm: bool = True) -> tuple[State, dict[str, Tensor]]:
+        """One gradient step of every role on a batch. obs: preprocessed (T, B, ...) tensors;
+        in_state of B (or B·I) rows. Returns (out_state, scalar metrics incl. grad_norm_<role>).
 
-        Returns (losses by role, out_state, metrics (scalars), tensors ((T, B, ...), for logging)).
-        In wm_only mode the losses hold only 'wm' and nothing is imagined.
+        Each loss is back-propagated as soon as it is known, so its graph is freed before the
+        next one is built: peak memory is the largest of the world model's, the actor's rollout
+        and the critic's graphs rather than their sum. The optimizers step after all backward
+        passes, so every part sees the parameters the batch started with, as upstream's single
+        summed backward. With train_wm False the world model only infers states (no graph).
         """
-        with self.autocast():
-            wm = self.wm.training_step(obs, in_state, do_image_pred=do_image_pred)
-            losses = {'wm': wm.loss}
-            metrics, tensors = dict(wm.metrics), dict(wm.tensors)
-            if not self.wm_only:
-                losses_ac, metrics_ac, tensors_ac = self._actor_critic_step(wm.states)
-                losses.update(losses_ac)
-                metrics.update(metrics_ac)
-                T, B, I = wm.features.shape[:3]
-                tensors['policy_value'] = tensors_ac['value'][0].reshape(T, B, I).mean(-1)
-        return losses, wm.out_state, metrics, tensors
+        roles = (['wm'] if train_wm else []) + ([] if self.wm_only else ['actor', 'critic'])
+        for role in roles:
+            optimizers[role].zero_grad(set_to_none=True)
+        with torch.set_grad_enabled(train_wm), self.autocast():
+            wm = self.wm.training_step(obs, in_state)
+        if train_wm:
+            wm.loss.backward()
+        metrics = dict(wm.metrics)
+        if not self.wm_only:
+            imagined, reward, terminal = self.imagine(wm.states)
+            with self.autocast():
+                loss_actor, targets, metrics_actor = self.ac.actor_loss(imagined, reward, terminal)
+            loss_actor.backward()
+            with self.autocast():
+                loss_critic, metrics_critic = self.ac.critic_loss(imagined, targets)
+            loss_critic.backward()
+            metrics.update(metrics_actor, **metrics_critic)
+        for role in roles:
+            params = [p for p in optimizers[role].param_groups[0]['params'] if p.grad is not None]
+            metrics[f'grad_norm_{role}'] = nn.utils.clip_grad_norm_(params, self.grad_clip[role], foreach=True)
+            optimizers[role].step()
+        return wm.out_state, {k: v.detach() for k, v in metrics.items()}
 
-    def _actor_critic_step(self, states: State):
-        # Imagination starts from every posterior state (T·B·I of them), detached (DreamerV2 2.2).
+    def imagine(self, states: State) -> tuple[Imagined, Tensor, Tensor]:
+        """Imagined trajectories from every posterior state (h (T, B, I, D), z (T, B, I, Z)),
+        detached as in DreamerV2 2.2, with the world model's reward (H, M) of states 1..H and
+        terminal probabilities (H+1, M) of states 0..H (M = T·B·I). Advances the target critic."""
         h, z = states
         start = (h.detach().flatten(0, 2), z.detach().flatten(0, 2))           # (M, D), (M, Z)
         self.ac.update_target()
         dynamics = self.ac.actor_grad == 'dynamics'
-        with frozen(self.wm):
+        with frozen(self.wm), self.autocast():
             imagined = self.ac.imagine(self.wm.rssm, start, self.imag_horizon)
             with contextlib.nullcontext() if dynamics else torch.no_grad():
                 reward = imagined.apply(self.wm.decoder.reward, 1)                # (H, M)
                 terminal = torch.sigmoid(imagined.apply(self.wm.decoder.terminal))  # (H+1, M)
-            return self.ac.training_step(imagined, reward, terminal)
-
-    def update(self, losses: dict[str, Tensor], optimizers: dict[str, torch.optim.Optimizer]
-               ) -> dict[str, Tensor]:
-        """Back-propagate and step each role in `losses`; returns grad_norm_<role> (before clipping).
-
-        One backward pass of the summed losses gives each role exactly the gradient of its own
-        loss: the world model is frozen and its states detached during imagination, the critic
-        sees detached features, and the actor's loss uses only the target critic.
-        """
-        for role in losses:
-            optimizers[role].zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        norms = {}
-        for role in losses:
-            params = [p for p in optimizers[role].param_groups[0]['params'] if p.grad is not None]
-            norms[f'grad_norm_{role}'] = nn.utils.clip_grad_norm_(params, self.grad_clip[role], foreach=True)
-            optimizers[role].step()
-        return norms
+        return imagined, reward, terminal
 
     @torch.no_grad()
     def policy(self, obs: dict[str, Tensor], state: State, greedy: bool = False
