@@ -4,8 +4,10 @@ keeps collecting with the network policy, generator agent steps/s, and peak memo
     .venv/bin/python bench/launch.py [--configs defaults minatar] [--n_steps 60] [--prefill 5000]
         [-- --limit_step_ratio 20 ...]      # further launch.py overrides
 
-Runs the real launch.py in a temporary folder (embedded mlflow store), samples the RSS of every
-process of the job twice a second, then reads the run's metrics back from mlflow.
+Runs the real launch.py in a temporary folder (embedded mlflow store), samples the memory of every
+process of the job twice a second, then reads the run's metrics back from mlflow. Memory is given
+as RSS (each process counts the shared libraries it maps, e.g. libtorch, in full) and as PSS (shared
+pages divided among the processes that map them), whose sum is what the job takes from the machine.
 """
 from __future__ import annotations
 
@@ -23,15 +25,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def rss_mb(pid: int) -> float:
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) of a process in MB; zeros once it has gone."""
+    values = {}
     try:
-        with open(f'/proc/{pid}/status') as f:
+        with open(f'/proc/{pid}/smaps_rollup') as f:
             for line in f:
-                if line.startswith('VmRSS:'):
-                    return int(line.split()[1]) / 1024
+                key, _, rest = line.partition(':')
+                if key in ('Rss', 'Pss'):
+                    values[key] = int(rest.split()[0]) / 1024
     except OSError:
         pass
-    return 0.0
+    return values.get('Rss', 0.0), values.get('Pss', 0.0)
 
 
 def children(pid: int) -> list[int]:
@@ -56,17 +61,20 @@ def main(argv: list[str]) -> None:
         command = [sys.executable, str(ROOT / 'launch.py'), '--configs', *args.configs,
                    '--n_steps', str(args.n_steps), '--generator_prefill_steps', str(args.prefill),
                    '--log_interval', '10', '--save_interval', '10', '--policy_reload_interval', '10', *args.overrides]
-        peak: dict[int, float] = defaultdict(float)
-        peak_total = 0.0
+        peak_rss: dict[int, float] = defaultdict(float)
+        peak_pss: dict[int, float] = defaultdict(float)
+        peak_total_rss = peak_total_pss = 0.0
         start = time.time()
         with open(log_path, 'w') as log:
             proc = subprocess.Popen(command, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
             while proc.poll() is None:
                 pids = [proc.pid] + children(proc.pid)
-                sizes = {p: rss_mb(p) for p in pids}
-                for p, size in sizes.items():
-                    peak[p] = max(peak[p], size)
-                peak_total = max(peak_total, sum(sizes.values()))
+                sizes = {p: memory_mb(p) for p in pids}
+                for p, (rss, pss) in sizes.items():
+                    peak_rss[p] = max(peak_rss[p], rss)
+                    peak_pss[p] = max(peak_pss[p], pss)
+                peak_total_rss = max(peak_total_rss, sum(rss for rss, _ in sizes.values()))
+                peak_total_pss = max(peak_total_pss, sum(pss for _, pss in sizes.values()))
                 time.sleep(0.5)
         wall = time.time() - start
         text = log_path.read_text()
@@ -89,10 +97,10 @@ def main(argv: list[str]) -> None:
               f'{sum(fps[1:]) / max(1, len(fps) - 1):.3f}  (all: {", ".join(f"{f:.2f}" for f in fps)})')
         print(f'generator agent steps/s with the network policy (mean over its {len(agent_fps)} episodes): '
               f'{sum(agent_fps) / max(1, len(agent_fps)):.0f}')
-        print(f'{"process":14} {"peak RSS MB":>12}')
-        for pid, size in sorted(peak.items(), key=lambda kv: names.get(kv[0], 'z')):
-            print(f'{names.get(pid, str(pid)):14} {size:>12.0f}')
-        print(f'{"all (at once)":14} {peak_total:>12.0f}')
+        print(f'{"process":14} {"peak RSS MB":>12} {"peak PSS MB":>12}')
+        for pid in sorted(peak_rss, key=lambda p: names.get(p, 'z')):
+            print(f'{names.get(pid, str(pid)):14} {peak_rss[pid]:>12.0f} {peak_pss[pid]:>12.0f}')
+        print(f'{"all (at once)":14} {peak_total_rss:>12.0f} {peak_total_pss:>12.0f}')
 
 
 if __name__ == '__main__':

@@ -5,7 +5,10 @@ with bf16 autocast.
     .venv/bin/python bench/learner.py [--configs minatar atari] [--steps 5] [--threads 2]
 
 Data comes from a real random-policy episode run made on the fly in a temporary mlflow store,
-read through the same BatchStream as the learner. Prints one table row per config and precision.
+read through the same BatchStream as the learner. Prints one table row per config and precision,
+with the step's matrix-product work (GFLOP, forward and backward, counted by torch) and the
+time that work alone takes at this machine's measured matrix-product throughput: the floor
+below which no implementation of the same model and batch can go.
 """
 from __future__ import annotations
 
@@ -28,6 +31,35 @@ def make_data(conf, env_id: str, steps: int) -> str:
     run_id = tracking.start_run(data_conf, 'bench-data')
     generator.run(data_conf, run_id, 0)
     return run_id
+
+
+def matmul_gflops(amp: bool) -> float:
+    """Measured throughput of the heads' dominant product, (23040 x 400) @ (400 x 400)."""
+    import torch
+    dtype = torch.bfloat16 if amp else torch.float32
+    a, b = torch.randn(23040, 400, dtype=dtype), torch.randn(400, 400, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(20):
+        a @ b
+    return 20 * 2 * 23040 * 400 * 400 / (time.perf_counter() - t0) / 1e9
+
+
+def step_gflop(conf, run_id: str, wm_only: bool) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from pydreamer.data import BatchStream, EpisodeIndex
+    from pydreamer.models.dreamer import Dreamer
+    from pydreamer.preprocess import preprocess
+    model = Dreamer(conf, wm_only=wm_only)
+    index = EpisodeIndex(run_id, 'episodes', conf.buffer_size, 3600)
+    index.refresh(force=True)
+    obs = preprocess(BatchStream(index, conf.batch_size, conf.batch_length, conf.reset_interval, True, seed=0).next(), conf)
+    index.close()
+    with FlopCounterMode(display=False) as counter:
+        model.train_step(obs, model.init_state(conf.batch_size), model.init_optimizers())
+    return counter.get_total_flops() / 1e9
 
 
 def time_steps(conf, run_id: str, steps: int, wm_only: bool) -> dict[str, float]:
@@ -58,6 +90,11 @@ def time_steps(conf, run_id: str, steps: int, wm_only: bool) -> dict[str, float]
 
 
 def main(argv: list[str]) -> None:
+    from pydreamer.processes import MALLOC_ENV
+    if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+        # the learner runs with these allocator settings (launch.py sets them for its children);
+        # glibc reads them at process start only
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--configs', nargs='+', default=['minatar', 'atari'])
     parser.add_argument('--steps', type=int, default=5)
@@ -74,7 +111,8 @@ def main(argv: list[str]) -> None:
         os.chdir(tmp)
         setup_tracking()
         print(f'{"config":8} {"amp":5} {"B x T":7} {"params":>10} {"data s":>7} {"wm s/step":>10} '
-              f'{"full s/step":>11} {"imag+ac s":>10} {"steps/s":>8}')
+              f'{"full s/step":>11} {"imag+ac s":>10} {"steps/s":>8} {"GFLOP wm":>9} {"GFLOP full":>10} '
+              f'{"matmul GFLOP/s":>14} {"floor wm s":>10} {"floor full s":>12}')
         for name in args.configs:
             conf = build_config(['defaults', name])
             run_id = make_data(conf, envs[name], max(3000, conf.batch_size * conf.batch_length * 2))
@@ -82,9 +120,13 @@ def main(argv: list[str]) -> None:
                 c = conf.replace(amp=amp)
                 wm = time_steps(c, run_id, args.steps, wm_only=True)
                 full = time_steps(c, run_id, args.steps, wm_only=False)
+                flop_wm, flop_full = step_gflop(c, run_id, True), step_gflop(c, run_id, False)
+                speed = matmul_gflops(amp == 'true')
                 print(f'{name:8} {amp:5} {conf.batch_size}x{conf.batch_length:<4} {full["params"]:>10,} '
                       f'{full["data"]:>7.3f} {wm["train"]:>10.3f} {full["train"]:>11.3f} '
-                      f'{full["train"] - wm["train"]:>10.3f} {1 / (full["train"] + full["data"]):>8.2f}', flush=True)
+                      f'{full["train"] - wm["train"]:>10.3f} {1 / (full["train"] + full["data"]):>8.2f} '
+                      f'{flop_wm:>9.1f} {flop_full:>10.1f} {speed:>14.0f} {flop_wm / speed:>10.3f} '
+                      f'{flop_full / speed:>12.3f}', flush=True)
     print(f'peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB')
 
 
