@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import uuid
 
-import mlflow
+from pydreamer.tracking import mlflow  # first: it imports mlflow without its heavy extras
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository

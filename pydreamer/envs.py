@@ -20,13 +20,10 @@ A time limit ends the episode with truncated=True and leaves `terminated` as the
 it, so a game over on the last allowed step is still terminal.
 """
 
-import contextlib
 import functools
-import logging
 import re
-import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import ale_py
 import cv2
@@ -34,31 +31,9 @@ import gymnasium
 import numpy as np
 from gymnasium.wrappers import AtariPreprocessing
 
+from pydreamer.lean_imports import hidden_modules
 
-@contextlib.contextmanager
-def _plotting_hidden() -> Iterator[None]:
-    """minatar imports pyplot and seaborn for its own renderer, which is never used here (frames
-    are coloured by pydreamer.dreams): hiding them while it loads saves ~150 MB in every process
-    that steps an environment. Its "cannot import" warnings are muted."""
-    names = ('matplotlib', 'seaborn')
-    saved = {name: sys.modules[name] for name in names if name in sys.modules}
-    sys.modules.update(dict.fromkeys(names))  # a None entry makes `import name` fail
-    root = logging.getLogger()
-    mute = logging.NullHandler()  # with no handler at all, logging.warning would configure one
-    root.addHandler(mute)
-    previous_disable = root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(previous_disable)
-        root.removeHandler(mute)
-        for name in names:
-            sys.modules.pop(name)
-        sys.modules.update(saved)
-
-
-with _plotting_hidden():
+with hidden_modules('matplotlib', 'seaborn'):  # minatar's renderer; frames are coloured by pydreamer.dreams
     import minatar.gym
 
 STORED_KEYS = ('image', 'vecobs')
