@@ -55,14 +55,16 @@ def save_checkpoint(path: Path, step: int, model: torch.nn.Module,
         raise
 
 
-def read_checkpoint(path: Path) -> dict:
-    """Load a checkpoint file onto the CPU, checking its format."""
+def read_checkpoint(path: Path, mmap: bool = False) -> dict:
+    """Load a checkpoint file onto the CPU, checking its format. With `mmap` the tensors stay in
+    the file's pages until used: a reader that needs only the model leaves the optimizer states
+    (two thirds of the file) unread."""
     import torch
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'Checkpoint file {path} does not exist.')
     try:
-        payload = torch.load(path, map_location='cpu', weights_only=True)
+        payload = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
     except Exception as e:
         raise CheckpointError(f'Checkpoint file {path} could not be read ({type(e).__name__}: {e}).') from None
     if not isinstance(payload, dict) or 'format_version' not in payload:

@@ -45,7 +45,7 @@ class NetworkPolicy:
                 local = self.checkpoints.download(tmp)
                 if local is None:
                     return
-                payload = read_checkpoint(local)
+                payload = read_checkpoint(local, mmap=True)
                 if payload['step'] != self.loaded_step:
                     self.model.load_state_dict(payload['model'])
                     self.loaded_step = int(payload['step'])

@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 
 _THREAD_ENV = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS')
 # glibc returns large freed buffers to the OS at once by default, so every training step
-# page-faults its activations back in (measured: 18% of an fp32 learner step); keep them.
-# glibc reads these at process start: they reach children through the environment.
+# page-faults its activations back in (measured: 18% of an fp32 learner step); a learner keeps
+# them. Other processes allocate little per step and are better off returning memory. glibc reads
+# these at process start: they reach children through the environment.
 MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': '4294967296', 'MALLOC_TRIM_THRESHOLD_': '4294967296'}
 
 
@@ -99,11 +100,15 @@ def run_children(children: list[Child], poll_seconds: float = 0.5) -> int:
     Returns 0 on success, 1 when a child failed, 130 on Ctrl-C."""
     ctx = mp.get_context('spawn')
     saved_env = {k: os.environ.get(k) for k in (*_THREAD_ENV, *MALLOC_ENV)}
-    os.environ.update({k: v for k, v in MALLOC_ENV.items() if k not in os.environ})
     try:
         for child in children:
             threads = max(1, child.threads)
             os.environ.update({k: str(threads) for k in _THREAD_ENV})
+            for key, value in MALLOC_ENV.items():
+                if child.trains:
+                    os.environ[key] = saved_env[key] or value
+                elif saved_env[key] is None:
+                    os.environ.pop(key, None)
             child.process = ctx.Process(target=_child_main, name=child.name,
                                         args=(child.name, threads, child.target, child.args))
             child.process.start()
