@@ -46,24 +46,11 @@ def matmul_gflops(amp: bool) -> float:
     return 20 * 2 * 23040 * 400 * 400 / (time.perf_counter() - t0) / 1e9
 
 
-def step_gflop(conf, run_id: str, wm_only: bool) -> float:
+def time_steps(conf, run_id: str, steps: int, wm_only: bool) -> dict[str, float]:
+    """Mean data and train seconds per step over `steps` steps, after one untimed step whose
+    matrix-product work is counted ('gflop'); 'params' is the model's parameter count."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
-    from pydreamer.data import BatchStream, EpisodeIndex
-    from pydreamer.models.dreamer import Dreamer
-    from pydreamer.preprocess import preprocess
-    model = Dreamer(conf, wm_only=wm_only)
-    index = EpisodeIndex(run_id, 'episodes', conf.buffer_size, 3600)
-    index.refresh(force=True)
-    obs = preprocess(BatchStream(index, conf.batch_size, conf.batch_length, conf.reset_interval, True, seed=0).next(), conf)
-    index.close()
-    with FlopCounterMode(display=False) as counter:
-        model.train_step(obs, model.init_state(conf.batch_size), model.init_optimizers())
-    return counter.get_total_flops() / 1e9
-
-
-def time_steps(conf, run_id: str, steps: int, wm_only: bool) -> dict[str, float]:
-    import torch
     from pydreamer.data import BatchStream, EpisodeIndex
     from pydreamer.models.dreamer import Dreamer
     from pydreamer.preprocess import preprocess
@@ -75,15 +62,16 @@ def time_steps(conf, run_id: str, steps: int, wm_only: bool) -> dict[str, float]
     stream = BatchStream(index, conf.batch_size, conf.batch_length, conf.reset_interval, True, seed=0)
     state = model.init_state(conf.batch_size)
     totals = {'data': 0.0, 'train': 0.0}
-    for i in range(steps + 1):  # the first step warms up kernels and is not counted
+    with FlopCounterMode(display=False) as counter:  # the first step warms up kernels and is not timed
+        state, _ = model.train_step(preprocess(stream.next(), conf), state, optimizers)
+    totals['gflop'] = counter.get_total_flops() / 1e9
+    for _ in range(steps):
         t0 = time.perf_counter()
         obs = preprocess(stream.next(), conf)
         t1 = time.perf_counter()
         state, _ = model.train_step(obs, state, optimizers)
-        t2 = time.perf_counter()
-        if i:
-            totals['data'] += (t1 - t0) / steps
-            totals['train'] += (t2 - t1) / steps
+        totals['data'] += (t1 - t0) / steps
+        totals['train'] += (time.perf_counter() - t1) / steps
     index.close()
     totals['params'] = sum(p.numel() for p in model.parameters())
     return totals
@@ -120,7 +108,7 @@ def main(argv: list[str]) -> None:
                 c = conf.replace(amp=amp)
                 wm = time_steps(c, run_id, args.steps, wm_only=True)
                 full = time_steps(c, run_id, args.steps, wm_only=False)
-                flop_wm, flop_full = step_gflop(c, run_id, True), step_gflop(c, run_id, False)
+                flop_wm, flop_full = wm['gflop'], full['gflop']
                 speed = matmul_gflops(amp == 'true')
                 print(f'{name:8} {amp:5} {conf.batch_size}x{conf.batch_length:<4} {full["params"]:>10,} '
                       f'{full["data"]:>7.3f} {wm["train"]:>10.3f} {full["train"]:>11.3f} '

@@ -95,6 +95,13 @@ def _child_main(name: str, threads: int, target: str, args: tuple) -> None:
     resolve_target(target)(*args)
 
 
+def _set_env(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
+
+
 def run_children(children: list[Child], poll_seconds: float = 0.5) -> int:
     """Start the children (threads as set by assign_threads, else 1) and wait.
     Returns 0 on success, 1 when a child failed, 130 on Ctrl-C."""
@@ -104,11 +111,8 @@ def run_children(children: list[Child], poll_seconds: float = 0.5) -> int:
         for child in children:
             threads = max(1, child.threads)
             os.environ.update({k: str(threads) for k in _THREAD_ENV})
-            for key, value in MALLOC_ENV.items():
-                if child.trains:
-                    os.environ[key] = saved_env[key] or value
-                elif saved_env[key] is None:
-                    os.environ.pop(key, None)
+            for key, value in MALLOC_ENV.items():  # a user's own setting wins
+                _set_env(key, (saved_env[key] or value) if child.trains else saved_env[key])
             child.process = ctx.Process(target=_child_main, name=child.name,
                                         args=(child.name, threads, child.target, child.args))
             child.process.start()
@@ -116,10 +120,7 @@ def run_children(children: list[Child], poll_seconds: float = 0.5) -> int:
                      threads, '' if threads == 1 else 's')
     finally:
         for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+            _set_env(key, value)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` of the launcher stops the job like Ctrl-C
     try:
         return _wait(children, poll_seconds)

@@ -20,7 +20,7 @@ from pydreamer.config import Config, ConfigError
 from pydreamer.lean_imports import hidden_modules
 
 with hidden_modules('pandas', 'pyarrow', 'scipy'):  # loaded by mlflow for dataset and model features not used here
-    import mlflow  # other modules import mlflow from here, so that this comes first
+    import mlflow  # noqa: F401 -- other modules import mlflow from here, so that this comes first
 
 log = logging.getLogger(__name__)
 
