@@ -3,6 +3,7 @@ a figure and its CSV."""
 from __future__ import annotations
 
 import csv
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -37,6 +38,18 @@ def binned(x: np.ndarray, y: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Mean of y per bin of x (nan for an empty bin)."""
     index = bin_index(x, edges)
     return np.array([y[index == i].mean() if np.any(index == i) else np.nan for i in range(len(edges) - 1)])
+
+
+def mean_se(values, axis=None) -> tuple:
+    """Mean and standard error of the mean (ddof 1) over `axis`, ignoring nan; the error is 0 for
+    a single value (callers say "1 seed" rather than draw it)."""
+    values = np.asarray(values, dtype=float)
+    n = np.sum(~np.isnan(values), axis=axis)
+    with np.errstate(invalid='ignore', divide='ignore'), warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)  # a single value or an all-nan column
+        mean = np.nanmean(values, axis=axis)
+        se = np.where(n > 1, np.nanstd(values, axis=axis, ddof=1) / np.sqrt(np.maximum(n, 1)), 0.0)
+    return (float(mean), float(se)) if np.ndim(mean) == 0 else (mean, se)
 
 
 def write_csv(rows: list[dict], fields: list[str], path: Path) -> None:

@@ -1,14 +1,19 @@
-"""Figures and numbers of a transfer experiment, read back from mlflow.
+"""Figure, CSV and table of a transfer experiment, read back from mlflow.
 
-    python experiments/plot_transfer.py [--transfer <id>] [--out docs] [--bins 10]
+    python experiments/plot_transfer.py [--transfer <name>] [--out docs] [--bin-steps N] [--at 500 1000 1500]
 
-Reads the runs tagged `transfer=<id>` (default: the newest experiment id found), and writes
-`transfer_<id>.png` (return against learner steps and against env steps, world-model loss terms
-against learner steps; mean ± standard deviation over seeds) and `transfer_<id>.csv` (the
-plotted numbers), then prints the return of each arm in the last learner-step bin.
+Reads the runs tagged `transfer=<name>` (default: the newest experiment found) and writes
+`transfer_<name>.png` (return against learner steps and against env steps, world-model losses on
+the unseen game's eval split against learner steps; mean ± standard error over seeds, the
+random prefill policy's return as a line), `transfer_<name>.csv` (the plotted numbers) and
+`transfer_<name>.md` (the table it also prints: per arm, the eval losses at step 0, i.e. before
+any update (zero-shot for a pretrained model), at 100, 1000 and at the end, and the return at
+the `--at` learner steps).
 
 Each episode's return is placed at the learner step of the checkpoint that played it
-(`agent/policy_learner_step`; 0 for prefill episodes) and at the env steps of the run so far.
+(`agent/policy_learner_step`; 0 for episodes of the prefill policy, which make the random baseline)
+and at the env steps of the run so far. The return "at step s" is the mean over the episodes
+played by checkpoints of steps in (s - bin, s], first per seed, then over seeds.
 """
 from __future__ import annotations
 
@@ -22,11 +27,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from experiments.curves import binned, episodes, history, save_figure, write_csv  # noqa: E402
+from experiments.curves import episodes, history, mean_se, save_figure, write_csv  # noqa: E402
 from pydreamer.tracking import client, setup_tracking  # noqa: E402
 
 ARMS = ('finetune', 'finetune_frozen_rssm', 'scratch')
-LOSSES = ('train/loss_image', 'train/loss_kl', 'train/loss_reward')
+LOSSES = {'eval/loss_image': 'image loss', 'eval/loss_kl': 'KL', 'eval/loss_reward': 'reward loss'}
+LOSS_STEPS = (0, 100, 1000)
 
 
 def transfer_runs(transfer: str | None):
@@ -34,7 +40,7 @@ def transfer_runs(transfer: str | None):
     runs = c.search_runs([e.experiment_id for e in c.search_experiments()], "tags.transfer != ''",
                          order_by=['attributes.start_time DESC'])
     if not runs:
-        raise SystemExit('No runs tagged with a transfer experiment id were found in the tracking store.')
+        raise SystemExit('No runs tagged with a transfer experiment name were found in the tracking store.')
     transfer = transfer or runs[0].data.tags['transfer']
     chosen = [r for r in runs if r.data.tags['transfer'] == transfer and r.data.tags.get('arm') in ARMS]
     if not chosen:
@@ -42,81 +48,144 @@ def transfer_runs(transfer: str | None):
     return transfer, chosen
 
 
-def summarise(runs, bins: int) -> list[dict]:
-    """Rows of (arm, x_kind, x, mean, std, seeds) for every curve of the figure."""
+def _per_arm(runs) -> dict[str, list]:
     per_arm = defaultdict(list)
     for run in runs:
         per_arm[run.data.tags['arm']].append(run)
+    return {arm: per_arm[arm] for arm in ARMS if arm in per_arm}
+
+
+def _binned_per_seed(data: np.ndarray, column: int, edges: np.ndarray) -> np.ndarray:
+    """Mean return per bin (lo, hi] of `column` for one seed's (N, 3) episode rows (nan when empty)."""
+    out = np.full(len(edges) - 1, np.nan)
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        inside = (data[:, column] > lo) & (data[:, column] <= hi)
+        if inside.any():
+            out[i] = data[inside, 2].mean()
+    return out
+
+
+def summarise(runs, bin_steps: int) -> tuple[list[dict], float]:
+    """Rows of (arm, metric, x_kind, x, mean, se, seeds) for every curve, and the random return."""
     data = {r.info.run_id: episodes(r.info.run_id) for r in runs}
+    prefill = np.concatenate([d[d[:, 0] == 0, 2] for d in data.values()] or [np.zeros(0)])
+    random_return = float(prefill.mean()) if len(prefill) else float('nan')
+    played = {k: d[d[:, 0] > 0] for k, d in data.items()}
     rows = []
-    max_learner = max(max((d[:, 0].max() if len(d) else 0) for d in data.values()), 1)
-    max_env = max(max((d[:, 1].max() if len(d) else 0) for d in data.values()), 1)
-    for kind, column, top in (('learner_steps', 0, max_learner), ('env_steps', 1, max_env)):
-        edges = np.linspace(0, top, bins + 1)
-        centres = (edges[:-1] + edges[1:]) / 2
-        for arm, arm_runs in per_arm.items():
-            curves = np.array([binned(data[r.info.run_id][:, column], data[r.info.run_id][:, 2], edges)
-                               for r in arm_runs if len(data[r.info.run_id])])
-            if not len(curves):
-                continue
-            for x, col in zip(centres, curves.T):
-                seen = col[~np.isnan(col)]
-                if len(seen):
-                    rows.append({'arm': arm, 'metric': 'agent/return', 'x_kind': kind, 'x': float(x),
-                                 'mean': float(seen.mean()), 'std': float(seen.std()), 'seeds': len(seen)})
+    top_learner = max([d[:, 0].max() for d in played.values() if len(d)] or [bin_steps])
+    top_env = max([d[:, 1].max() for d in played.values() if len(d)] or [1])
+    env_bin = max(1.0, top_env / max(1, round(top_learner / bin_steps)))
+    for kind, column, width, top in (('learner_steps', 0, bin_steps, top_learner), ('env_steps', 1, env_bin, top_env)):
+        edges = np.arange(0, top + width, width)
+        for arm, arm_runs in _per_arm(runs).items():
+            curves = np.array([_binned_per_seed(played[r.info.run_id], column, edges) for r in arm_runs])
+            for i, hi in enumerate(edges[1:]):
+                col = curves[:, i]
+                if np.any(~np.isnan(col)):
+                    mean, se = mean_se(col)
+                    rows.append({'arm': arm, 'metric': 'agent/return', 'x_kind': kind, 'x': float(hi),
+                                 'mean': mean, 'se': se, 'seeds': int(np.sum(~np.isnan(col)))})
     for key in LOSSES:
-        for arm, arm_runs in per_arm.items():
+        for arm, arm_runs in _per_arm(runs).items():
             series = [history(r.info.run_id, key) for r in arm_runs]
-            steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
-            for step in steps:
-                values = np.array([np.mean(s[step]) for s in series])
+            for step in sorted(set().union(*series)):
+                values = [np.mean(s[step]) for s in series if step in s]
+                mean, se = mean_se(values)
                 rows.append({'arm': arm, 'metric': key, 'x_kind': 'learner_steps', 'x': float(step),
-                             'mean': float(values.mean()), 'std': float(values.std()), 'seeds': len(values)})
-    return rows
+                             'mean': mean, 'se': se, 'seeds': len(values)})
+    return rows, random_return
 
 
-def plot(rows: list[dict], title: str, path: Path) -> None:
+def _cell(rows: list[dict], arm: str, metric: str, x: float | None) -> str:
+    pts = [r for r in rows if r['arm'] == arm and r['metric'] == metric and r['x_kind'] == 'learner_steps']
+    if not pts:
+        return '–'
+    r = pts[-1] if x is None else min(pts, key=lambda p: abs(p['x'] - x))
+    if x is not None and abs(r['x'] - x) > max(1.0, 0.1 * x):
+        return '–'
+    spread = f' ± {r["se"]:.2f}' if r['seeds'] > 1 else ' (1 seed)'
+    return f'{r["mean"]:.2f}{spread}'
+
+
+def table(rows: list[dict], random_return: float, at: list[int], end: float) -> str:
+    """A markdown table: per arm, seeds, eval losses at LOSS_STEPS and the end, returns at `at`."""
+    loss_cols = [(key, step) for key in LOSSES for step in (*LOSS_STEPS, None)]
+    head = ['arm', 'seeds'] + [f'{LOSSES[k]} @{"end" if s is None else s}' for k, s in loss_cols] + \
+           [f'return @{s}' for s in at]
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for arm in ARMS:
+        seeds = max([r['seeds'] for r in rows if r['arm'] == arm] or [0])
+        if not seeds:
+            continue
+        cells = [arm, str(seeds)] + [_cell(rows, arm, k, s if s is not None else end) for k, s in loss_cols] + \
+                [_cell(rows, arm, 'agent/return', s) for s in at]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    lines.append(f'| random policy | | ' + ' | '.join([''] * len(loss_cols)) + ' | ' +
+                 ' | '.join([f'{random_return:.2f}'] * len(at)) + ' |')
+    return '\n'.join(lines)
+
+
+def plot(rows: list[dict], random_return: float, title: str, path: Path) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    panels = [('agent/return', 'learner_steps'), ('agent/return', 'env_steps')] + [(k, 'learner_steps') for k in LOSSES]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
-    for ax, (metric, kind) in zip(axes, panels):
+    panels = [('agent/return', 'learner_steps', 'return against learner steps', 'episode return'),
+              ('agent/return', 'env_steps', 'return against env steps', 'episode return')] + \
+             [(k, 'learner_steps', f'{name} on the unseen game (eval)', 'nats' if k != 'eval/loss_reward' else
+               '0.5 · squared error') for k, name in LOSSES.items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.5))
+    colours = dict(zip(ARMS, plt.rcParams['axes.prop_cycle'].by_key()['color']))
+    for ax, (metric, kind, subtitle, ylabel) in zip(axes, panels):
         for arm in ARMS:
             pts = [r for r in rows if r['arm'] == arm and r['metric'] == metric and r['x_kind'] == kind]
             if not pts:
                 continue
-            x = np.array([p['x'] for p in pts])
-            m = np.array([p['mean'] for p in pts])
-            s = np.array([p['std'] for p in pts])
-            ax.plot(x, m, label=arm)
-            ax.fill_between(x, m - s, m + s, alpha=0.2)
+            x, m, s = (np.array([p[k] for p in pts]) for k in ('x', 'mean', 'se'))
+            seeds = max(p['seeds'] for p in pts)
+            label = f'{arm} ({seeds} seed{"s" if seeds > 1 else ""})'
+            ax.plot(x, m, marker='.', color=colours[arm], label=label)
+            if seeds > 1:
+                ax.fill_between(x, m - s, m + s, color=colours[arm], alpha=0.2)
+        if metric == 'agent/return' and np.isfinite(random_return):
+            ax.axhline(random_return, color='k', linestyle='--', linewidth=1, label='random policy')
+        if metric == 'eval/loss_kl':
+            ax.set_yscale('log')
+        ax.set_title(subtitle, fontsize=9)
         ax.set_xlabel(kind.replace('_', ' '))
-        ax.set_title(metric.split('/')[-1].replace('_', ' '))
-    save_figure(fig, axes, title, path)
+        ax.set_ylabel(ylabel)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc='lower center', ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--transfer', default=None, help='experiment id (tag transfer=...); default: newest')
+    parser.add_argument('--transfer', default=None, help='experiment name (tag transfer=...); default: newest')
     parser.add_argument('--out', default=str(ROOT / 'docs'))
-    parser.add_argument('--bins', type=int, default=10)
+    parser.add_argument('--bin-steps', type=int, default=0,
+                        help='width of the learner-step bins of the return (default: a tenth of the longest arm)')
+    parser.add_argument('--at', type=int, nargs='+', default=None,
+                        help='learner steps of the return columns (default: a third, two thirds and the end)')
     args = parser.parse_args(argv)
     setup_tracking()
     transfer, runs = transfer_runs(args.transfer)
-    rows = summarise(runs, args.bins)
+    end = float(max(max(history(r.info.run_id, 'train/loss_model'), default=0) for r in runs) or 1)
+    bin_steps = args.bin_steps or max(1, int(round(end / 10)))
+    rows, random_return = summarise(runs, bin_steps)
+    at = args.at or [int(end // 3), int(2 * end // 3), int(end)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, ['arm', 'metric', 'x_kind', 'x', 'mean', 'std', 'seeds'], out / f'transfer_{transfer}.csv')
+    write_csv(rows, ['arm', 'metric', 'x_kind', 'x', 'mean', 'se', 'seeds'], out / f'transfer_{transfer}.csv')
     game = runs[0].data.params.get('env_id', '')
-    plot(rows, f'transfer {transfer} on {game}: mean ± std over seeds', out / f'transfer_{transfer}.png')
-    print(f'[plot] wrote {out / f"transfer_{transfer}.png"} and .csv')
-    for arm in ARMS:
-        last = [r for r in rows if r['arm'] == arm and r['metric'] == 'agent/return' and r['x_kind'] == 'learner_steps']
-        if last:
-            r = last[-1]
-            print(f'[plot] {arm:22s} return {r["mean"]:.2f} ± {r["std"]:.2f} ({r["seeds"]} seeds) '
-                  f'at ~{r["x"]:.0f} learner steps')
+    plot(rows, random_return, f'Transfer to {game} ({transfer}): mean ± standard error over seeds',
+         out / f'transfer_{transfer}.png')
+    text = table(rows, random_return, at, end)
+    (out / f'transfer_{transfer}.md').write_text(f'Transfer to {game} ({transfer}); mean ± standard error over '
+                                                  f'seeds; returns over bins of {bin_steps} learner steps.\n\n{text}\n')
+    print(f'[plot] wrote {out / f"transfer_{transfer}"}.png, .csv and .md\n{text}')
 
 
 if __name__ == '__main__':

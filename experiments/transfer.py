@@ -1,12 +1,15 @@
 """The transfer experiment in one command: does a world model pretrained on other games help?
 
-    python experiments/transfer.py --scale tiny            # minutes: the README's main job
-    python experiments/transfer.py --scale small --seeds 3 # a few hours on a 2-core CPU
-    python experiments/transfer.py --scale paper --seeds 3 # the original project's sizes
+    python experiments/transfer.py --scale tiny                        # minutes: the README's main job
+    python experiments/transfer.py --scale cpu --target Breakout --seeds 3   # ~2.5 h on a 2-core CPU
+    python experiments/transfer.py --scale paper --seeds 3             # the original project's sizes
     python experiments/transfer.py --scale small --data-run <id> --wm-steps 3000 --arm-steps 600 \
-        -- --batch_size 16 --batch_length 32             # any size in between
+        -- --batch_size 16 --batch_length 32                         # any size in between
 
-Stages, each an mlflow run tagged `transfer=<id>` and `arm=<name>` (and `seed`):
+Leave-one-out: the unseen `--target` game (default SpaceInvaders, the original's choice) is left
+out and the other four MinAtar games form the pretraining dataset. Stages, each an mlflow run,
+all children (`mlflow.parentRunId`) of one parent run named `transfer-<name>` that holds the
+figure and CSV; every run is tagged `transfer=<name>`, `arm` and, per seed, `seed`:
   1. DQN agents on the four pretraining games (dqn/train_agents.py; finished checkpoints are kept)
   2. `dataset`: the multi-environment dataset of those agents (launch_generator_multi_env.py)
   3. `world_model`: one world model trained on it (launch_wm_training.py)
@@ -14,24 +17,27 @@ Stages, each an mlflow run tagged `transfer=<id>` and `arm=<name>` (and `seed`):
        `finetune`               pretrained world model + new actor-critic (launch_finetuning.py)
        `finetune_frozen_rssm`   the same with the RSSM kept fixed
        `scratch`                the classic from-scratch run (launch.py)
-  5. figures and a CSV (experiments/plot_transfer.py)
-Earlier stages can be reused with --data-run / --wm-run.
+  5. figures, a CSV and a table (experiments/plot_transfer.py)
+Running the same command again (same --name, by default `<scale>-<target>`) reuses the finished
+stages and resumes an interrupted one where it stopped. Earlier stages can also be taken from
+another experiment with --data-run / --wm-run.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pydreamer.envs import MINATAR_GAMES  # noqa: E402
 from pydreamer.tracking import client, setup_tracking  # noqa: E402
 
-PRETRAIN_GAMES = ('asterix', 'breakout', 'seaquest', 'freeway')
+ARMS = ('finetune', 'finetune_frozen_rssm', 'scratch')
 
 
 @dataclass(frozen=True)
@@ -42,18 +48,37 @@ class Scale:
     wm_steps: int                # world-model-only learner steps
     arm_steps: int               # learner steps of every fine-tuning / scratch run
     arm_prefill: int             # random steps before each arm's own actor takes over
+    configs: tuple[str, ...]     # config sections of every learner stage
     overrides: tuple[str, ...]   # config overrides for every learner stage
 
 
 SCALES = {
-    'tiny': Scale((2_500, 5_000), 20_000, 5_000, 200, 120, 3_000,
+    'tiny': Scale((2_500, 5_000), 20_000, 5_000, 200, 120, 3_000, ('defaults', 'minatar'),
                   ('--batch_size', '16', '--batch_length', '32', '--log_interval', '10',
                    '--logbatch_interval', '60', '--save_interval', '60', '--eval_interval', '100')),
+    # sized for a 2-core CPU: 3 seeds of all three arms in about 2.5 hours with the minatar_cpu preset
+    'cpu': Scale((25_000, 50_000, 100_000), 150_000, 15_000, 1_500, 1_500, 10_000,
+                 ('defaults', 'minatar', 'minatar_cpu'),
+                 ('--log_interval', '25', '--save_interval', '100', '--eval_interval', '250')),
     'small': Scale((25_000, 50_000, 100_000, 200_000, 400_000), 400_000, 50_000, 5_000, 2_000, 20_000,
-                   ('--log_interval', '50', '--save_interval', '250', '--eval_interval', '500')),
+                   ('defaults', 'minatar'), ('--log_interval', '50', '--save_interval', '250', '--eval_interval', '500')),
     'paper': Scale((25_000, 50_000, 100_000, 200_000, 400_000, 800_000, 1_600_000), 10_000_000, 100_000,
-                   100_000, 20_000, 50_000, ()),
+                   100_000, 20_000, 50_000, ('defaults', 'minatar'), ()),
 }
+
+
+def minatar_game(name: str) -> str:
+    """'Breakout', 'breakout', 'space_invaders' or 'MinAtar/SpaceInvaders-v0' -> 'SpaceInvaders'."""
+    base = re.sub(r'-v\d+$', '', name.removeprefix('MinAtar/')).replace('_', '').lower()
+    for game in MINATAR_GAMES:
+        if game.lower() == base:
+            return game
+    raise SystemExit(f'[transfer] --target {name!r} is not a MinAtar game; expected one of {", ".join(MINATAR_GAMES)}.')
+
+
+def folder_name(game: str) -> str:
+    """dqn/train_agents.py's folder of a game: 'SpaceInvaders' -> 'space_invaders'."""
+    return re.sub(r'(?<=[a-z])(?=[A-Z])', '_', game).lower()
 
 
 def launch(script: str, *args: str) -> None:
@@ -62,29 +87,65 @@ def launch(script: str, *args: str) -> None:
     subprocess.run(command, cwd=ROOT, check=True)
 
 
-def run_id_of(transfer: str, arm: str, seed: int | None = None) -> str:
+def find_run(transfer: str, arm: str, seed: int | None = None):
+    """The newest run of this experiment's `arm` (and seed), or None."""
     query = f"tags.transfer = '{transfer}' and tags.arm = '{arm}'"
     if seed is not None:
         query += f" and tags.seed = '{seed}'"
     runs = client().search_runs([e.experiment_id for e in client().search_experiments()], query,
                                 order_by=['attributes.start_time DESC'], max_results=1)
-    if not runs:
-        raise SystemExit(f'[transfer] no run tagged transfer={transfer}, arm={arm} was found.')
-    return runs[0].info.run_id
+    return runs[0] if runs else None
 
 
-def tags(transfer: str, arm: str, seed: int | None = None) -> list[str]:
-    value = f'{{transfer: "{transfer}", arm: {arm}' + (f', seed: {seed}' if seed is not None else '') + '}'
-    return ['--run_tags', value, '--run_name', f'{transfer}-{arm}' + (f'-s{seed}' if seed is not None else '')]
+class Experiment:
+    """The parent run and the stages under it: each stage is skipped when finished, resumed when
+    interrupted, and started otherwise."""
+
+    def __init__(self, name: str):
+        self.name = name
+        run = find_run(name, 'parent')
+        c = client()
+        if run is None:
+            experiment = c.get_experiment_by_name('pydreamer')
+            experiment_id = experiment.experiment_id if experiment else c.create_experiment('pydreamer')
+            run = c.create_run(experiment_id, run_name=f'transfer-{name}',
+                               tags={'transfer': name, 'arm': 'parent', 'stage': 'transfer'})
+            print(f'[transfer] experiment {name}: parent run {run.info.run_id}', flush=True)
+        else:
+            c.update_run(run.info.run_id, status='RUNNING')
+            print(f'[transfer] experiment {name}: continuing parent run {run.info.run_id}', flush=True)
+        self.parent = run.info.run_id
+
+    def stage(self, script: str, arm: str, args: list[str], seed: int | None = None) -> str:
+        """Run `script` for `arm` unless a finished run of it exists; returns the run id."""
+        run = find_run(self.name, arm, seed)
+        if run is not None and run.info.status == 'FINISHED':
+            print(f'[transfer] {arm}{"" if seed is None else f" seed {seed}"}: finished run {run.info.run_id} is reused',
+                  flush=True)
+            return run.info.run_id
+        tags = f'{{transfer: "{self.name}", arm: {arm}, mlflow.parentRunId: {self.parent}'
+        tags += (f', seed: {seed}' if seed is not None else '') + '}'
+        name = f'{arm}{"" if seed is None else f"-s{seed}"}-{self.name}'  # what differs comes first
+        resume = ['--resume_id', run.info.run_id] if run is not None else []
+        launch(script, *args, '--run_tags', tags, '--run_name', name, *resume)
+        return find_run(self.name, arm, seed).info.run_id
+
+    def finish(self, out: Path) -> None:
+        c = client()
+        for path in sorted(out.glob(f'transfer_{self.name}.*')):
+            c.log_artifact(self.parent, str(path))
+        c.set_terminated(self.parent, 'FINISHED')
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--scale', choices=SCALES, default='tiny')
     parser.add_argument('--seeds', type=int, default=1, help='seeds per arm')
-    parser.add_argument('--game', default='MinAtar/SpaceInvaders-v0', help='the unseen game')
-    parser.add_argument('--arms', nargs='+', default=['finetune', 'finetune_frozen_rssm', 'scratch'],
-                        choices=['finetune', 'finetune_frozen_rssm', 'scratch'])
+    parser.add_argument('--target', default='SpaceInvaders',
+                        help='the unseen game; the other four MinAtar games form the dataset')
+    parser.add_argument('--name', default=None, help='experiment name (mlflow tag transfer=...); '
+                        'default <scale>-<target>. The same name continues that experiment')
+    parser.add_argument('--arms', nargs='+', default=list(ARMS), choices=ARMS)
     parser.add_argument('--dqn-out', default=None, help='DQN checkpoint folder (default: dqn_checkpoints_<scale>)')
     parser.add_argument('--data-run', default=None, help='reuse this dataset run (skips stages 1-2)')
     parser.add_argument('--wm-run', default=None, help='reuse this world-model run (skips stages 1-3)')
@@ -97,42 +158,45 @@ def main(argv: list[str]) -> None:
     scale = SCALES[args.scale]
     scale = replace(scale, wm_steps=args.wm_steps or scale.wm_steps, arm_steps=args.arm_steps or scale.arm_steps,
                     overrides=scale.overrides + tuple(args.overrides))
+    target = minatar_game(args.target)
+    pretrain = [g for g in MINATAR_GAMES if g != target]
     setup_tracking()
-    transfer = f'{args.scale}-{time.strftime("%Y%m%d-%H%M%S")}'
-    print(f'[transfer] experiment id {transfer} (mlflow tag transfer={transfer})', flush=True)
+    experiment = Experiment(args.name or f'{args.scale}-{folder_name(target)}')
 
     wm_run = args.wm_run
     if wm_run is None:
         data_run = args.data_run
         if data_run is None:
             dqn_out = args.dqn_out or f'dqn_checkpoints_{args.scale}'
-            launch('dqn/train_agents.py', '--games', *PRETRAIN_GAMES, '--out', dqn_out,
+            launch('dqn/train_agents.py', '--games', *map(folder_name, pretrain), '--out', dqn_out,
                    '--checkpoint-steps', *map(str, scale.dqn_steps),
                    '--replay-start', str(min(5_000, scale.dqn_steps[0] // 2)),
                    '--eps-decay-steps', str(min(100_000, scale.dqn_steps[-1] // 2)))
-            dqn_dir = '{' + ', '.join(f'MinAtar/{g.title()}-v0: {dqn_out}/{g}' for g in PRETRAIN_GAMES) + '}'
-            launch('launch_generator_multi_env.py', '--configs', 'defaults', 'minatar', 'generator_multi_env',
-                   '--dqn_dir', dqn_dir, '--n_env_steps', str(scale.dataset_steps),
-                   '--generator_prefill_steps', str(scale.dataset_prefill), *tags(transfer, 'dataset'))
-            data_run = run_id_of(transfer, 'dataset')
-        launch('launch_wm_training.py', '--configs', 'defaults', 'minatar', 'wm_training', '--mlflow_run_id', data_run,
-               '--n_steps', str(scale.wm_steps), *scale.overrides, *tags(transfer, 'world_model'))
-        wm_run = run_id_of(transfer, 'world_model')
+            env_ids = [f'MinAtar/{g}-v0' for g in pretrain]
+            dqn_dir = '{' + ', '.join(f'{e}: {dqn_out}/{folder_name(g)}' for e, g in zip(env_ids, pretrain)) + '}'
+            data_run = experiment.stage('launch_generator_multi_env.py', 'dataset', [
+                '--configs', 'defaults', 'minatar', 'generator_multi_env', '--env_id', f'[{", ".join(env_ids)}]',
+                '--dqn_dir', dqn_dir, '--n_env_steps', str(scale.dataset_steps),
+                '--generator_prefill_steps', str(scale.dataset_prefill)])
+        wm_run = experiment.stage('launch_wm_training.py', 'world_model', [
+            '--configs', *scale.configs, 'wm_training', '--mlflow_run_id', data_run,
+            '--n_steps', str(scale.wm_steps), *scale.overrides])
 
     checkpoint = f'runs:/{wm_run}/checkpoints/latest.pt'
-    common = ['--env_id', args.game, '--n_steps', str(scale.arm_steps),
+    common = ['--env_id', f'MinAtar/{target}-v0', '--n_steps', str(scale.arm_steps),
               '--generator_prefill_steps', str(scale.arm_prefill), *scale.overrides]
     for seed in range(args.seeds):
         for arm in args.arms:
             if arm == 'scratch':
-                launch('launch.py', '--configs', 'defaults', 'minatar', *common, '--seed', str(seed),
-                       *tags(transfer, arm, seed))
+                experiment.stage('launch.py', arm, ['--configs', *scale.configs, *common, '--seed', str(seed)], seed)
             else:
-                launch('launch_finetuning.py', '--configs', 'defaults', 'minatar', 'finetune', *common,
-                       '--n_steps_wm', str(scale.arm_steps), '--model_checkpoint', checkpoint, '--seed', str(seed),
-                       '--freeze_rssm', str(arm == 'finetune_frozen_rssm').lower(), *tags(transfer, arm, seed))
+                experiment.stage('launch_finetuning.py', arm, [
+                    '--configs', *scale.configs, 'finetune', *common, '--n_steps_wm', str(scale.arm_steps),
+                    '--model_checkpoint', checkpoint, '--seed', str(seed),
+                    '--freeze_rssm', str(arm == 'finetune_frozen_rssm').lower()], seed)
 
-    launch('experiments/plot_transfer.py', '--transfer', transfer, '--out', args.out)
+    launch('experiments/plot_transfer.py', '--transfer', experiment.name, '--out', args.out)
+    experiment.finish(Path(args.out))
 
 
 if __name__ == '__main__':

@@ -22,6 +22,7 @@ from pydreamer.checkpoint import RunCheckpoints, read_checkpoint, restore, save_
 from pydreamer.config import Config
 from pydreamer.data import BatchStream, EpisodeIndex
 from pydreamer.dreams import dream_strip
+from pydreamer.image_stats import ImageFloor, object_accuracy
 from pydreamer.models.dreamer import Dreamer
 from pydreamer.preprocess import preprocess
 from pydreamer.processes import stop_requested
@@ -90,7 +91,11 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
         return
     batches = BatchStream(train_index, conf.batch_size, conf.batch_length, conf.reset_interval,
                           conf.allow_mid_reset, seed=conf.seed + step)
+    if step == 0:
+        # before any update: for a pretrained model, its zero-shot losses on this run's data
+        _evaluate(model, eval_index, conf, device, metrics_logger, step)
     state = model.init_state(conf.batch_size)
+    floor = ImageFloor()
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     timer_start, steps_at_timer = time.time(), step
@@ -103,11 +108,14 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
             t0 = time.time()
             batch_np = batches.next()
             obs = preprocess(batch_np, conf, device)
+            if 'image' in obs:
+                floor.update(obs['image'])
             t1 = time.time()
             if not conf.keep_state:
                 state = model.init_state(conf.batch_size)
             train_wm = not spec.wm_steps or step < spec.wm_steps
-            state, metrics = model.train_step(obs, state, optimizers, train_wm=train_wm)
+            train_ac = step >= conf.actor_warmup_steps
+            state, metrics = model.train_step(obs, state, optimizers, train_wm=train_wm, train_ac=train_ac)
             t2 = time.time()
             step += 1
             bar.update(1)
@@ -124,7 +132,9 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
                 values = {f'train/{k}': sums[k] / counts[k] for k in sums}
                 values.update({'train/fps': fps, 'data/steps': train_index.steps,
                                'data/total_steps': train_index.total_steps, 'data/files': len(train_index.files),
-                               'train/wm_trained': float(train_wm)})
+                               'train/wm_trained': float(train_wm), 'train/ac_trained': float(train_ac)})
+                if floor.count:
+                    values['train/loss_image_floor'] = floor.value(conf.image_loss)
                 metrics_logger.log(values, step)
                 bar.set_postfix(loss_model=f'{values.get("train/loss_model", float("nan")):.3f}')
                 sums.clear()
@@ -200,21 +210,37 @@ def _save(model: Dreamer, optimizers, conf: Config, checkpoints: RunCheckpoints,
 @torch.no_grad()
 def _evaluate(model: Dreamer, index: EpisodeIndex, conf: Config, device, metrics_logger: MetricsLogger,
               step: int) -> None:
-    """World-model losses on the eval split (fresh streams, state carried within the evaluation)."""
+    """World-model losses on the eval split (fresh streams, state carried within the evaluation)
+    and, for categorical images, the share of object pixels (category > 0) predicted right:
+    `image_acc_rec` from the posterior, `image_acc_pred` one step ahead from the prior and
+    `image_acc_dream` over the last imag_horizon steps of each window dreamt open-loop."""
     index.refresh()
     if not index.files:
         return
     stream = BatchStream(index, conf.batch_size, conf.batch_length, 0, conf.allow_mid_reset, seed=step)
     state = model.init_state(conf.batch_size)
     sums: dict[str, float] = defaultdict(float)
+    hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    score = conf.image_categorical and model.wm.decoder.image is not None
+    context = max(1, conf.batch_length - conf.imag_horizon)
     for _ in range(conf.eval_batches):
         obs = preprocess(stream.next(), conf, device)
         with model.autocast():
-            out = model.wm.training_step(obs, state)
+            out = model.wm.training_step(obs, state, do_image_pred=score)
+        if score:
+            dream = model.dream(obs, state, context=context)['image_pred'][context:]
+            for name, pred, target in (('rec', out.tensors['image_rec'], obs['image']),
+                                       ('pred', out.tensors['image_pred'], obs['image']),
+                                       ('dream', dream, obs['image'][context:])):
+                correct, total = object_accuracy(pred, target)
+                hits[name][0] += correct
+                hits[name][1] += total
         state = out.out_state
         for key, value in out.metrics.items():
             sums[key] += float(value) / conf.eval_batches
-    metrics_logger.log({f'eval/{k}': v for k, v in sums.items()}, step)
+    values = {f'eval/{k}': v for k, v in sums.items()}
+    values.update({f'eval/image_acc_{name}': c / max(1, n) for name, (c, n) in hits.items()})
+    metrics_logger.log(values, step)
 
 
 def _save_dream(model: Dreamer, obs: dict, conf: Config, run_id: str, step: int, work_dir: str) -> None:

@@ -21,9 +21,12 @@ class NetworkPolicy:
     Before the learner's first checkpoint the generator waits (`wait_for_checkpoint`) rather than
     piling up more prefill-policy data. Only a missing checkpoint means "not yet"; a checkpoint
     that exists but cannot be read is logged with its cause and the previous weights stay in use.
+    With `fallback` (a policy) and `min_step`, episodes that start while the loaded checkpoint is
+    from before learner step `min_step` (the actor's warm-up) are played by the fallback.
     """
 
-    def __init__(self, conf: Config, run_id: str, action_dim: int, seed: int, reload_seconds: float = 60.0):
+    def __init__(self, conf: Config, run_id: str, action_dim: int, seed: int, reload_seconds: float = 60.0,
+                 fallback=None, min_step: int = 0):
         from pydreamer.models.dreamer import Dreamer
         self.conf = conf
         self.action_dim = action_dim
@@ -35,6 +38,9 @@ class NetworkPolicy:
         self._checked_at = -float('inf')
         self._state = None
         self._prev_action = np.zeros(action_dim, np.float32)
+        self.fallback = fallback
+        self.min_step = min_step
+        self._use_fallback = False
 
     def _maybe_reload(self, force: bool = False) -> None:
         if not force and time.time() - self._checked_at < self.reload_seconds:
@@ -78,8 +84,12 @@ class NetworkPolicy:
             self._maybe_reload()
             self._state = self.model.init_state(1)
             self._prev_action = np.zeros(self.action_dim, np.float32)
+            self._use_fallback = self.fallback is not None and (self.loaded_step or 0) < self.min_step
         if self.loaded_step is None:
             raise RuntimeError('NetworkPolicy has no checkpoint yet; call wait_for_checkpoint() first.')
+        if self._use_fallback:
+            action, metrics = self.fallback(obs)
+            return action, {**metrics, 'policy_fallback': 1.0}
         step = {k: obs[k][np.newaxis] for k in ('image', 'vecobs') if k in obs}
         step.update(action=self._prev_action[np.newaxis], reset=np.array([obs['reset']]))
         action, self._state, metrics = self.model.policy(preprocess_step(step, self.conf), self._state)

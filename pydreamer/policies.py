@@ -47,5 +47,9 @@ def make_policy(name: str, conf: Config, run_id: str, env_id: str, action_dim: i
         return AtariNetPolicy(checkpoint_folder(conf, 'atari_net_dir', env_id), ale_game_name(env_id), seed=seed)
     if name == 'network':
         from pydreamer.network_policy import NetworkPolicy
-        return NetworkPolicy(conf, run_id, action_dim, seed, conf.policy_reload_interval)
+        fallback = None
+        if conf.actor_warmup_steps > 0 and conf.generator_prefill_policy != 'network':
+            fallback = make_policy(conf.generator_prefill_policy, conf, run_id, env_id, action_dim, seed + 1)
+        return NetworkPolicy(conf, run_id, action_dim, seed, conf.policy_reload_interval,
+                             fallback=fallback, min_step=conf.actor_warmup_steps)
     raise ValueError(f'Unknown policy {name!r} for {env_id}; expected one of: {", ".join(POLICY_NAMES)}.')

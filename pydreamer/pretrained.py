@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 WORLD_MODEL_KEYS = ('deter_dim', 'stoch_dim', 'stoch_discrete', 'hidden_dim', 'gru_layers', 'gru_type',
                     'layer_norm', 'image_encoder', 'image_encoder_layers', 'image_decoder',
                     'image_decoder_layers', 'cnn_depth', 'image_size', 'image_channels', 'image_categorical',
-                    'vecobs_size', 'action_dim', 'mlp_dim', 'reward_decoder_layers', 'terminal_decoder_layers')
+                    'image_loss', 'vecobs_size', 'action_dim', 'mlp_dim', 'reward_decoder_layers',
+                    'terminal_decoder_layers')
 ACTOR_CRITIC_KEYS = ('actor_critic_layers', 'actor_dist')
 LOAD_PARTS = {'wm': ('wm.',), 'all': ('wm.', 'ac.')}
 FREEZE_PARTS = {'freeze_rssm': 'wm.rssm.', 'freeze_encoder': 'wm.encoder.', 'freeze_decoder': 'wm.decoder.'}

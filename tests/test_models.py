@@ -125,12 +125,21 @@ def test_encoder_decoder_shapes(sections, changes, embed_dim, T, B):
         assert outputs['vecobs_rec'].shape == (T, B, conf.vecobs_size)
 
 
+def test_image_prediction_follows_the_image_loss():
+    output = torch.randn(2, 11, 10, 10)
+    categorical = MultiDecoder(config(image_loss='categorical'), 8).image_prediction(output)
+    assert torch.allclose(categorical, output.softmax(-3))
+    assert torch.equal(MultiDecoder(config(image_loss='mse'), 8).image_prediction(output), output)
+    with pytest.raises(ValueError, match='image_loss categorical needs categorical images'):
+        MultiDecoder(config(ATARI, image_loss='categorical'), 8)
+
+
 def test_image_losses_by_hand():
     target = torch.zeros(1, 2, 2, 2)
     target[0, 1] = 1.0                                                     # class 1 everywhere
     logits = torch.zeros(1, 2, 2, 2)
-    assert torch.allclose(image_loss(logits, target, categorical=True), torch.tensor([4 * math.log(2)]))
-    assert torch.allclose(image_loss(logits + 1, target, categorical=False), torch.tensor([0.5 * 4]))
+    assert torch.allclose(image_loss(logits, target, 'categorical'), torch.tensor([4 * math.log(2)]))
+    assert torch.allclose(image_loss(logits + 1, target, 'mse'), torch.tensor([0.5 * 4]))
 
 
 @pytest.mark.parametrize('T,B', SHAPES)
@@ -247,8 +256,9 @@ def test_dreamer_training_step_shapes(sections, changes):
         model.train_step(make_obs(conf, T, B, seed=1), out_state, optimizers)
 
 
-def test_policy_and_dream():
-    conf = config()
+@pytest.mark.parametrize('image_loss', ['categorical', 'mse'])
+def test_policy_and_dream(image_loss):
+    conf = config(image_loss=image_loss)
     model = Dreamer(conf)
     B = 4
     state = model.init_state(B)
@@ -263,7 +273,8 @@ def test_policy_and_dream():
     for use_actor in (False, True):
         dream = model.dream(obs, model.init_state(2), context=2, use_actor=use_actor)
         assert dream['image_pred'].shape == obs['image'].shape
-        assert torch.allclose(dream['image_pred'].sum(2), torch.ones(T, 2, 10, 10), atol=1e-5)  # probabilities
+        if image_loss == 'categorical':  # class probabilities; under mse the decoder's one-hot estimate
+            assert torch.allclose(dream['image_pred'].sum(2), torch.ones(T, 2, 10, 10), atol=1e-5)
         assert dream['reward_pred'].shape == dream['terminal_pred'].shape == (T, 2)
         assert dream['observed'].tolist() == [True, True, False, False, False, False]
     assert torch.equal(dream['action'][:2], obs['action'][:2])

@@ -86,7 +86,7 @@ def _finetune(store, reference, *extra):
 
 def test_finetune_from_runs_uri_with_frozen_rssm(store, tmp_path):
     run_id = _finetune(store, f'runs:/{store["wm_run"]}/checkpoints/latest.pt', '--n_steps', '8',
-                       '--freeze_rssm', 'true', '--run_tags', '{transfer: t1, arm: finetune_frozen_rssm, seed: 0}')
+                       '--freeze_rssm', 'true')
     ckpt, pre = _checkpoint(run_id, tmp_path), store['checkpoint']
     assert ckpt['step'] == 8
     assert _equal(_part(ckpt['model'], 'wm.rssm.'), _part(pre['model'], 'wm.rssm.'))
@@ -98,8 +98,7 @@ def test_finetune_from_runs_uri_with_frozen_rssm(store, tmp_path):
 def test_finetune_from_path_stops_training_the_world_model_after_n_steps_wm(store, tmp_path):
     path = tmp_path / 'pretrained.pt'
     torch.save(store['checkpoint'], path)
-    run_id = _finetune(store, str(path), '--n_steps', '5', '--n_steps_wm', '5',
-                       '--run_tags', '{transfer: t1, arm: finetune, seed: 0}')
+    run_id = _finetune(store, str(path), '--n_steps', '5', '--n_steps_wm', '5')
     at_switch = _checkpoint(run_id, tmp_path / 'a')
     args = ['--configs', *DEBUG, 'finetune', '--env_id', 'MinAtar/SpaceInvaders-v0', '--resume_id', run_id,
             '--model_checkpoint', str(path), '--n_steps', '10', '--n_steps_wm', '5', '--save_interval', '5']
@@ -124,12 +123,35 @@ def test_missing_data_run_is_a_clear_error(store):
         launch_wm_training.main(['--configs', *DEBUG, 'wm_training', '--mlflow_run_id', 'nope'])
 
 
-def test_plot_transfer_writes_figure_and_csv_from_the_runs(store, tmp_path):
-    plot_transfer.main(['--transfer', 't1', '--out', str(tmp_path), '--bins', '3'])
+@pytest.fixture(scope='module')
+def transfer_arms(pretrained):
+    """The three arms of a transfer experiment `t1` on the unseen game, made here."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(pretrained['work'])
+        mp.setenv('MLFLOW_TRACKING_URI', pretrained['uri'])
+        common = ['--env_id', 'MinAtar/SpaceInvaders-v0', '--generator_prefill_steps', '200', '--save_interval', '5',
+                  '--n_steps', '20']
+        for arm, frozen in (('finetune', 'false'), ('finetune_frozen_rssm', 'true')):
+            assert launch_finetuning.main(['--configs', *DEBUG, 'finetune', *common, '--freeze_rssm', frozen,
+                                           '--model_checkpoint', f'runs:/{pretrained["wm_run"]}/checkpoints/latest.pt',
+                                           '--run_tags', f'{{transfer: t1, arm: {arm}, seed: 0}}']) == 0
+        out = subprocess.run([sys.executable, str(PROJECT_ROOT / 'launch.py'), '--configs', *DEBUG, *common,
+                              '--run_tags', '{transfer: t1, arm: scratch, seed: 0}'],
+                             cwd=pretrained['work'], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        yield pretrained
+
+
+def test_plot_transfer_writes_figure_and_csv_from_the_runs(transfer_arms, store, tmp_path):
+    plot_transfer.main(['--transfer', 't1', '--out', str(tmp_path), '--bin-steps', '5'])
     assert (tmp_path / 'transfer_t1.png').stat().st_size > 1000
     with open(tmp_path / 'transfer_t1.csv') as f:
         rows = list(csv.DictReader(f))
     arms = {r['arm'] for r in rows if r['metric'] == 'agent/return'}
-    assert arms == {'finetune', 'finetune_frozen_rssm'}
-    assert {r['metric'] for r in rows} >= {'agent/return', 'train/loss_image', 'train/loss_kl'}
-    assert all(np.isfinite(float(r['mean'])) for r in rows)
+    assert arms == {'finetune', 'finetune_frozen_rssm', 'scratch'}
+    assert {r['metric'] for r in rows} >= {'agent/return', 'eval/loss_image', 'eval/loss_kl'}
+    assert all(np.isfinite(float(r['mean'])) and np.isfinite(float(r['se'])) for r in rows)
+    # the zero-shot evaluation: every arm is evaluated before its first update
+    assert {r['arm'] for r in rows if r['metric'] == 'eval/loss_image' and float(r['x']) == 0} == arms
+    table = (tmp_path / 'transfer_t1.md').read_text()
+    assert '| finetune | 1 |' in table and '| random policy |' in table

@@ -109,13 +109,20 @@ class ActorCritic(nn.Module):
         self.actor_dist = conf.actor_dist
         self.gamma = conf.gamma
         self.lambda_ = conf.lambda_gae
-        self.entropy_weight = conf.entropy
+        self.entropy_final = conf.entropy
+        self.entropy_initial = conf.entropy_initial
+        self.entropy_anneal_steps = conf.entropy_anneal_steps
         self.target_interval = conf.target_interval
         out_dim = conf.action_dim * (1 if conf.actor_dist == 'onehot' else 2)
         layers = conf.actor_critic_layers
         self.actor = MLP(feature_dim, out_dim, conf.mlp_dim, layers, conf.layer_norm)
         self.critic = MLP(feature_dim, 1, conf.mlp_dim, layers, conf.layer_norm)
         self.critic_target = MLP(feature_dim, 1, conf.mlp_dim, layers, conf.layer_norm)
+        if conf.zero_init_heads:
+            # DreamerV3: a value of 0 everywhere at the start, so early advantages do not depend
+            # on the action through a random critic
+            nn.init.zeros_(self.critic.model[-1].weight)
+            nn.init.zeros_(self.critic.model[-1].bias)
         self.critic_target.requires_grad_(False)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.register_buffer('train_steps', torch.zeros((), dtype=torch.long))
@@ -124,6 +131,14 @@ class ActorCritic(nn.Module):
         if self.actor_dist == 'onehot':
             return OneHotPolicy(actor_out)
         return ContinuousPolicy(actor_out, self.actor_dist)
+
+    def entropy_weight(self) -> float:
+        """The entropy weight η of the current actor step: `entropy`, or with a schedule linear from
+        entropy_initial to `entropy` over the first entropy_anneal_steps actor steps."""
+        if self.entropy_initial <= 0 or self.entropy_anneal_steps <= 0:
+            return self.entropy_final
+        progress = min(1.0, max(0, int(self.train_steps) - 1) / self.entropy_anneal_steps)
+        return self.entropy_initial + (self.entropy_final - self.entropy_initial) * progress
 
     def update_target(self) -> None:
         """Hard copy of the critic into the target critic every target_interval training steps
@@ -189,9 +204,14 @@ class ActorCritic(nn.Module):
         else:
             policy = self.distribution(imagined.actor_out)
             log_prob = policy.log_prob(imagined.actions.detach())
-        loss, metrics = actor_loss(targets, value_target, log_prob, policy.entropy(), self.entropy_weight)
+        eta = self.entropy_weight()
+        loss, metrics = actor_loss(targets, value_target, log_prob, policy.entropy(), eta)
         metrics.update(policy_reward=reward.mean().detach(), policy_reward_std=reward.std().detach(),
-                       policy_terminal=terminal.mean().detach())
+                       policy_terminal=terminal.mean().detach(), policy_entropy_weight=torch.tensor(eta))
+        if isinstance(policy, OneHotPolicy):
+            # the mean action probabilities over imagined states show a collapse onto one action
+            probs = policy.logp.detach().exp().flatten(0, -2).mean(0)
+            metrics.update({f'policy_prob_{i}': p for i, p in enumerate(probs)})
         return loss, targets._replace(returns=targets.returns.detach()), metrics
 
     def critic_loss(self, imagined: Imagined, targets: Targets) -> tuple[Tensor, dict[str, Tensor]]:

@@ -73,14 +73,18 @@ class DenseImageDecoder(nn.Module):
         return self.model(features).unflatten(-1, self.out_shape)
 
 
-def image_loss(output: Tensor, target: Tensor, categorical: bool) -> Tensor:
+IMAGE_LOSSES = ('mse', 'categorical')
+
+
+def image_loss(output: Tensor, target: Tensor, kind: str) -> Tensor:
     """Image reconstruction loss per sample. (..., C, H, W), (..., C, H, W) -> (...)
 
-    Continuous images: 0.5·Σ squared error (a unit-variance Gaussian without its constant).
-    Categorical images (target one-hot over C): Σ over pixels of the cross-entropy.
+    mse: 0.5·Σ squared error (a unit-variance Gaussian without its constant); on a one-hot target
+        this is the original project's MinAtar loss (ConvDecoderMinatar).
+    categorical (target one-hot over C): Σ over pixels of the cross-entropy of softmax(output).
     """
     output = output.float()
-    if categorical:
+    if kind == 'categorical':
         return -(target * output.log_softmax(-3)).sum((-1, -2, -3))
     return 0.5 * (output - target).square().sum((-1, -2, -3))
 
@@ -114,7 +118,11 @@ class MultiDecoder(nn.Module):
 
     def __init__(self, conf, features_dim: int):
         super().__init__()
-        self.image_categorical = conf.image_categorical
+        if conf.image_loss not in IMAGE_LOSSES:
+            raise ValueError(f"image_loss must be {' or '.join(IMAGE_LOSSES)}, got {conf.image_loss!r}.")
+        if conf.image_loss == 'categorical' and not conf.image_categorical:
+            raise ValueError('image_loss categorical needs categorical images (image_categorical true).')
+        self.image_loss = conf.image_loss
         self.weights = {'image': conf.image_weight, 'vecobs': conf.vecobs_weight,
                         'reward': conf.reward_weight, 'terminal': conf.terminal_weight}
         self.image = image_decoder(conf, features_dim)
@@ -123,10 +131,11 @@ class MultiDecoder(nn.Module):
         self.terminal = MLP(features_dim, 1, conf.mlp_dim, conf.terminal_decoder_layers, conf.layer_norm)
 
     def image_prediction(self, output: Tensor) -> Tensor:
-        """Decoder output -> an image in the preprocessed observation space: the mean for continuous
-        images (x/255 - 0.5), class probabilities over C for categorical ones."""
+        """Decoder output -> an image in the preprocessed observation space: the mean (x/255 - 0.5
+        for continuous images, the one-hot estimate under mse) or, under the categorical loss, the
+        class probabilities over C."""
         output = output.float()
-        return output.softmax(-3) if self.image_categorical else output
+        return output.softmax(-3) if self.image_loss == 'categorical' else output
 
     def reward_mean(self, features: Tensor) -> Tensor:
         return self.reward(features).float()                # (...)
@@ -147,7 +156,7 @@ class MultiDecoder(nn.Module):
         outputs: dict[str, Tensor] = {}
         if self.image is not None:
             out = self.image(features)                                     # (T, B, I, C, H, W)
-            terms['image'] = image_loss(out, obs['image'].unsqueeze(2), self.image_categorical)
+            terms['image'] = image_loss(out, obs['image'].unsqueeze(2), self.image_loss)
             if with_outputs:
                 outputs['image_rec'] = self.image_prediction(out).mean(2)
         if self.vecobs is not None:

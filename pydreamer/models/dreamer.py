@@ -40,6 +40,7 @@ class Dreamer(nn.Module):
         # world-model-only training: no imagination, no actor or critic losses
         self.wm_only = wm_only
         self.imag_horizon = conf.imag_horizon
+        self.imag_starts = conf.imag_starts
         self.amp = conf.amp
         amp_enabled(conf.amp, 'cpu')  # fail early on a bad value
         self.lr = {'wm': conf.adam_lr, 'actor': conf.adam_lr_actor, 'critic': conf.adam_lr_critic}
@@ -72,7 +73,7 @@ class Dreamer(nn.Module):
                 for role in ROLES}
 
     def train_step(self, obs: dict[str, Tensor], in_state: State, optimizers: dict[str, torch.optim.Optimizer],
-                   train_wm: bool = True) -> tuple[State, dict[str, Tensor]]:
+                   train_wm: bool = True, train_ac: bool = True) -> tuple[State, dict[str, Tensor]]:
         """One gradient step of every role on a batch. obs: preprocessed (T, B, ...) tensors;
         in_state of B (or B·I) rows. Returns (out_state, scalar metrics incl. grad_norm_<role>).
 
@@ -80,9 +81,11 @@ class Dreamer(nn.Module):
         next one is built: peak memory is the largest of the world model's, the actor's rollout
         and the critic's graphs rather than their sum. The optimizers step after all backward
         passes, so every part sees the parameters the batch started with, as upstream's single
-        summed backward. With train_wm False the world model only infers states (no graph).
+        summed backward. With train_wm False the world model only infers states (no graph); with
+        train_ac False (actor warm-up) there is no imagination and actor and critic stay as they are.
         """
-        roles = (['wm'] if train_wm else []) + ([] if self.wm_only else ['actor', 'critic'])
+        train_ac = train_ac and not self.wm_only
+        roles = (['wm'] if train_wm else []) + (['actor', 'critic'] if train_ac else [])
         for role in roles:
             optimizers[role].zero_grad(set_to_none=True)
         with torch.set_grad_enabled(train_wm), self.autocast():
@@ -90,7 +93,7 @@ class Dreamer(nn.Module):
         if train_wm:
             wm.loss.backward()
         metrics = dict(wm.metrics)
-        if not self.wm_only:
+        if train_ac:
             imagined, reward, terminal = self.imagine(wm.states)
             with self.autocast():
                 loss_actor, targets, metrics_actor = self.ac.actor_loss(imagined, reward, terminal)
@@ -106,11 +109,15 @@ class Dreamer(nn.Module):
         return wm.out_state, {k: v.detach() for k, v in metrics.items()}
 
     def imagine(self, states: State) -> tuple[Imagined, Tensor, Tensor]:
-        """Imagined trajectories from every posterior state (h (T, B, I, D), z (T, B, I, Z)),
+        """Imagined trajectories from the posterior states (h (T, B, I, D), z (T, B, I, Z)),
         detached as in DreamerV2 2.2, with the world model's reward (H, M) of states 1..H and
-        terminal probabilities (H+1, M) of states 0..H (M = T·B·I). Advances the target critic."""
+        terminal probabilities (H+1, M) of states 0..H. M = T·B·I (every state, upstream), or
+        imag_starts of them drawn uniformly without replacement. Advances the target critic."""
         h, z = states
-        start = (h.detach().flatten(0, 2), z.detach().flatten(0, 2))           # (M, D), (M, Z)
+        start = (h.detach().flatten(0, 2), z.detach().flatten(0, 2))           # (T·B·I, D), (T·B·I, Z)
+        if 0 < self.imag_starts < start[0].shape[0]:
+            chosen = torch.randperm(start[0].shape[0], device=h.device)[:self.imag_starts]
+            start = (start[0][chosen], start[1][chosen])                       # (M, D), (M, Z)
         self.ac.update_target()
         dynamics = self.ac.actor_grad == 'dynamics'
         with frozen(self.wm), self.autocast():

@@ -35,6 +35,11 @@ class WorldModel(nn.Module):
         self.rssm = RSSM(conf, self.encoder.out_dim)
         self.decoder = MultiDecoder(conf, self.rssm.feature_dim)
         init_weights_tf2(self)
+        if conf.zero_init_heads:
+            # DreamerV3: predict reward 0 at the start instead of a random ±1 that imagination
+            # would take for action effects
+            nn.init.zeros_(self.decoder.reward.model[-1].weight)
+            nn.init.zeros_(self.decoder.reward.model[-1].bias)
 
     @property
     def feature_dim(self) -> int:

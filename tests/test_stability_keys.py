@@ -1,0 +1,131 @@
+"""The early-learning keys and the plateau measures, on the real `debug` config: each key changes
+what it says it changes, and the default keeps the upstream behaviour."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pydreamer.image_stats import ImageFloor, object_accuracy
+from pydreamer.models.dreamer import Dreamer
+from tests.test_models import config, make_obs
+
+torch.set_num_threads(1)
+
+
+def test_zero_init_heads_predict_zero_reward_and_value_at_step_0():
+    torch.manual_seed(0)
+    obs = make_obs(config(), 6, 3)
+    for zero in (False, True):
+        torch.manual_seed(0)
+        model = Dreamer(config(zero_init_heads=zero))
+        features = model.wm.training_step(obs, model.init_state(3)).features
+        reward = model.wm.decoder.reward_mean(features)
+        value, target = model.ac.critic(features), model.ac.critic_target(features)
+        if zero:
+            assert torch.count_nonzero(reward) == 0 and torch.count_nonzero(value) == 0
+            assert torch.count_nonzero(target) == 0
+        else:
+            assert reward.abs().min() > 0 and value.abs().min() > 0
+
+
+def test_zero_init_heads_still_learn():
+    torch.manual_seed(0)
+    model = Dreamer(config(zero_init_heads=True))
+    optimizers = model.init_optimizers()
+    obs = make_obs(config(), 6, 3)
+    model.train_step(obs, model.init_state(3), optimizers)
+    model.train_step(obs, model.init_state(3), optimizers)
+    assert model.wm.decoder.reward.model[-1].weight.abs().sum() > 0
+    assert model.ac.critic.model[-1].weight.abs().sum() > 0
+
+
+@pytest.mark.parametrize('imag_starts,expected', [(0, 6 * 3), (5, 5), (100, 6 * 3)])
+def test_imag_starts_sets_the_number_of_imagined_trajectories(imag_starts, expected):
+    torch.manual_seed(0)
+    conf = config(imag_starts=imag_starts)
+    model = Dreamer(conf)
+    wm = model.wm.training_step(make_obs(conf, 6, 3), model.init_state(3))
+    imagined, reward, terminal = model.imagine(wm.states)
+    assert imagined.actions.shape[:2] == (conf.imag_horizon, expected)
+    assert reward.shape == (conf.imag_horizon, expected) and terminal.shape == (conf.imag_horizon + 1, expected)
+
+
+def test_imag_starts_draws_distinct_states_each_step():
+    torch.manual_seed(0)
+    conf = config(imag_starts=4)
+    model = Dreamer(conf)
+    wm = model.wm.training_step(make_obs(conf, 6, 3), model.init_state(3))
+    all_h = wm.states[0].flatten(0, 2)                                       # (18, D)
+    picks = []
+    for _ in range(2):
+        imagined, _, _ = model.imagine(wm.states)
+        start = imagined.h[0]                                                # (4, D)
+        rows = [int(torch.nonzero((all_h == row).all(-1))[0]) for row in start]
+        assert len(set(rows)) == 4                                           # without replacement
+        picks.append(tuple(rows))
+    assert picks[0] != picks[1]
+
+
+def test_train_ac_false_leaves_actor_and_critic_unchanged():
+    torch.manual_seed(0)
+    conf = config()
+    model = Dreamer(conf)
+    optimizers = model.init_optimizers()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _, metrics = model.train_step(make_obs(conf, 6, 3), model.init_state(3), optimizers, train_ac=False)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith('wm.') for k in changed)
+    assert 'loss_actor' not in metrics and int(model.ac.train_steps) == 0
+
+
+def test_entropy_schedule_moves_linearly_from_initial_to_final():
+    conf = config(entropy=0.001, entropy_initial=0.03, entropy_anneal_steps=10)
+    model = Dreamer(conf)
+    optimizers = model.init_optimizers()
+    obs = make_obs(conf, 4, 2)
+    weights = []
+    for _ in range(12):
+        _, metrics = model.train_step(obs, model.init_state(2), optimizers)
+        weights.append(float(metrics['policy_entropy_weight']))
+    assert weights[0] == pytest.approx(0.03)
+    assert weights[5] == pytest.approx(0.03 + (0.001 - 0.03) * 0.5)
+    assert weights[10] == pytest.approx(0.001) and weights[11] == pytest.approx(0.001)
+    constant = Dreamer(config(entropy=0.002))
+    assert constant.ac.entropy_weight() == 0.002
+
+
+def test_policy_probabilities_are_logged_and_sum_to_one():
+    conf = config()
+    model = Dreamer(conf)
+    _, metrics = model.train_step(make_obs(conf, 4, 2), model.init_state(2), model.init_optimizers())
+    probs = [float(metrics[f'policy_prob_{i}']) for i in range(conf.action_dim)]
+    assert sum(probs) == pytest.approx(1.0, abs=1e-5) and min(probs) > 0
+    assert f'policy_prob_{conf.action_dim}' not in metrics
+
+
+def test_image_floor_by_hand():
+    # one pixel, two categories: category 1 in 1 of 4 images -> entropy of (3/4, 1/4)
+    images = torch.zeros(4, 1, 2, 1, 1)
+    images[:, 0, 0] = 1
+    images[0, 0] = torch.tensor([0.0, 1.0]).view(2, 1, 1)
+    floor = ImageFloor()
+    floor.update(images[:2])
+    floor.update(images[2:])
+    p = np.array([0.75, 0.25])
+    assert floor.value('categorical') == pytest.approx(float(-(p * np.log(p)).sum()))
+    # squared error of predicting the mean one-hot: 0.5 · Σ_k p_k (1 - p_k)
+    assert floor.value('mse') == pytest.approx(0.5 * float((p * (1 - p)).sum()))
+    assert math.isnan(ImageFloor().value('mse'))
+
+
+def test_object_accuracy_counts_only_object_pixels():
+    target = torch.zeros(1, 3, 2, 2)
+    target[0, 0] = 1                        # all empty ...
+    target[0, :, 0, 0] = torch.tensor([0.0, 1.0, 0.0])   # ... but an object of class 1
+    target[0, :, 1, 1] = torch.tensor([0.0, 0.0, 1.0])   # and one of class 2
+    prediction = torch.zeros(1, 3, 2, 2)
+    prediction[0, 1, 0, 0] = 1              # right
+    prediction[0, 1, 1, 1] = 1              # wrong class
+    assert object_accuracy(prediction, target) == (1, 2)
