@@ -8,9 +8,10 @@ data run's episodes with the variant's overrides, tagged `study=<name>`, `varian
 finished one is reused and an unfinished one resumed when the same command runs again. Then the
 runs' metrics are read back and written as `docs/wm_levers_<name>.csv` and `.png`, and a table is
 printed at the `--report` steps: the training image loss against its static-marginal floor
-(`train/loss_image_floor`; "under floor" = 1 - loss / floor), the KL, the eval image loss and the
-share of object pixels (category > 0) predicted right from the posterior (rec) and in open-loop
-dreams over the last imag_horizon steps of each window (dream), and seconds per step;
+(`train/loss_image_floor`; "under floor" = 1 - loss / floor), the KL, the eval image loss, the
+share of object pixels (category > 0) and of changed pixels (category differs from the previous
+frame) predicted right from the posterior (rec) and in open-loop dreams over the last
+imag_horizon steps of each window (dream), and seconds per step;
 mean ± standard error over seeds.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from experiments.curves import history, mean_se, save_figure, write_csv  # noqa:
 from pydreamer.tracking import client, setup_tracking  # noqa: E402
 
 METRICS = ('train/loss_image', 'train/loss_image_floor', 'train/loss_kl', 'train/fps', 'eval/loss_image',
-           'eval/image_acc_rec', 'eval/image_acc_dream')
+           'eval/image_acc_rec', 'eval/image_acc_dream', 'eval/image_acc_changed_rec', 'eval/image_acc_changed_dream')
 
 
 def find_run(study: str, variant: str, seed: int):
@@ -114,7 +115,8 @@ def _under_floor(metrics: dict) -> dict[int, list[float]]:
 def _table(series, variants, args) -> None:
     columns = [('under floor', _under_floor, '{:.1%}'), ('KL', 'train/loss_kl', '{:.4f}'),
                ('eval image', 'eval/loss_image', '{:.3f}'), ('acc rec', 'eval/image_acc_rec', '{:.1%}'),
-               ('acc dream', 'eval/image_acc_dream', '{:.1%}')]
+               ('acc dream', 'eval/image_acc_dream', '{:.1%}'), ('changed rec', 'eval/image_acc_changed_rec', '{:.1%}'),
+               ('changed dream', 'eval/image_acc_changed_dream', '{:.1%}')]
     print(f'\n{"variant":16} {"step":>5} ' + ' '.join(f'{c[0]:>17}' for c in columns) + f' {"s/step":>7}')
     for variant in variants:
         for step in args.report:
@@ -136,8 +138,8 @@ def _figure(series, variants, args, path: Path) -> None:
     import matplotlib.pyplot as plt
     panels = [('train image loss under its floor', _under_floor, '1 - loss / floor', False),
               ('KL (train)', 'train/loss_kl', 'nats', True),
-              ('object pixels right, posterior (eval)', 'eval/image_acc_rec', 'share', False),
-              ('object pixels right, open-loop dream (eval)', 'eval/image_acc_dream', 'share', False)]
+              ('changed pixels right, posterior (eval)', 'eval/image_acc_changed_rec', 'share', False),
+              ('changed pixels right, open-loop dream (eval)', 'eval/image_acc_changed_dream', 'share', False)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     for ax, (title, source, ylabel, log) in zip(axes, panels):
         for variant in variants:

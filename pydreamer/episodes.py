@@ -27,7 +27,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-REQUIRED_KEYS = ('image', 'action', 'reward', 'terminal', 'reset')
+REQUIRED_KEYS = ('action', 'reward', 'terminal', 'reset')
+OBSERVATION_KEYS = ('image', 'vecobs')  # a file holds at least one of them
 # Stored-only keys: images with time moved to the last axis, and exact 0/1 actions as bools.
 # Together they shrink MinAtar files by a sixth to a quarter (see `stored_bytes_per_step`);
 # `load_episode` restores the in-memory format and still reads files with plain `image`/`action`.
@@ -76,6 +77,8 @@ def _invalid_reason(data: Mapping[str, np.ndarray]) -> str | None:
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         return f'it lacks the keys {missing}'
+    if not any(k in data for k in OBSERVATION_KEYS):
+        return f'it holds no observation (none of {list(OBSERVATION_KEYS)})'
     lengths = {k: (np.shape(v)[0] if np.ndim(v) else None) for k, v in data.items()}
     if len(set(lengths.values())) != 1 or None in lengths.values():
         return f'its arrays have unequal lengths {lengths}'
@@ -86,11 +89,11 @@ def _invalid_reason(data: Mapping[str, np.ndarray]) -> str | None:
 
 def _to_stored(data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     stored = dict(data)
-    image = stored.pop('image')
-    if image.ndim >= 3:
+    image = stored.pop('image', None)
+    if image is not None and image.ndim >= 3:
         # Per-pixel time series are long runs of equal values, which deflate finds far more easily.
         stored[IMAGE_TIME_LAST_KEY] = np.ascontiguousarray(np.moveaxis(image, 0, -1))
-    else:
+    elif image is not None:
         stored['image'] = image
     action = np.asarray(stored['action'])
     if np.all((action == 0) | (action == 1)):

@@ -22,7 +22,7 @@ from pydreamer.checkpoint import RunCheckpoints, read_checkpoint, restore, save_
 from pydreamer.config import Config
 from pydreamer.data import BatchStream, EpisodeIndex
 from pydreamer.dreams import dream_strip
-from pydreamer.image_stats import ImageFloor, object_accuracy
+from pydreamer.image_stats import ImageFloor, changed_pixels, object_pixels, pixel_accuracy
 from pydreamer.models.dreamer import Dreamer
 from pydreamer.preprocess import preprocess
 from pydreamer.processes import stop_requested
@@ -211,9 +211,10 @@ def _save(model: Dreamer, optimizers, conf: Config, checkpoints: RunCheckpoints,
 def _evaluate(model: Dreamer, index: EpisodeIndex, conf: Config, device, metrics_logger: MetricsLogger,
               step: int) -> None:
     """World-model losses on the eval split (fresh streams, state carried within the evaluation)
-    and, for categorical images, the share of object pixels (category > 0) predicted right:
-    `image_acc_rec` from the posterior, `image_acc_pred` one step ahead from the prior and
-    `image_acc_dream` over the last imag_horizon steps of each window dreamt open-loop."""
+    and, for categorical images, the share of pixels predicted right (pydreamer.image_stats):
+    `image_acc_<kind>` of the object pixels and `image_acc_changed_<kind>` of the pixels that
+    changed since the previous frame, where kind is `rec` (posterior), `pred` (prior, one step
+    ahead) or `dream` (the last imag_horizon steps of each window, dreamt open-loop)."""
     index.refresh()
     if not index.files:
         return
@@ -228,13 +229,14 @@ def _evaluate(model: Dreamer, index: EpisodeIndex, conf: Config, device, metrics
         with model.autocast():
             out = model.wm.training_step(obs, state, do_image_pred=score)
         if score:
-            dream = model.dream(obs, state, context=context)['image_pred'][context:]
-            for name, pred, target in (('rec', out.tensors['image_rec'], obs['image']),
-                                       ('pred', out.tensors['image_pred'], obs['image']),
-                                       ('dream', dream, obs['image'][context:])):
-                correct, total = object_accuracy(pred, target)
-                hits[name][0] += correct
-                hits[name][1] += total
+            dream = model.dream(obs, state, context=context)['image_pred']
+            masks = {'': object_pixels(obs['image']), 'changed_': changed_pixels(obs['image'], obs['reset'])}
+            for name, pred, t0 in (('rec', out.tensors['image_rec'], 0), ('pred', out.tensors['image_pred'], 0),
+                                   ('dream', dream, context)):
+                for prefix, mask in masks.items():
+                    correct, total = pixel_accuracy(pred[t0:], obs['image'][t0:], mask[t0:])
+                    hits[prefix + name][0] += correct
+                    hits[prefix + name][1] += total
         state = out.out_state
         for key, value in out.metrics.items():
             sums[key] += float(value) / conf.eval_batches

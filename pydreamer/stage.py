@@ -20,14 +20,33 @@ def check_generator_config(conf: Config) -> None:
     for env_id in env_id_list(conf.env_id):
         env = make_env(env_id, action_repeat=conf.env_action_repeat)
         n_actions = env.action_dim
+        obs = env.reset()
         env.close()
         if conf.action_dim and conf.action_dim != n_actions:
             raise ConfigError(f'Config key action_dim is {conf.action_dim} but {env_id} has {n_actions} actions.')
+        check_observation(conf, env_id, obs)
         for name in {conf.generator_prefill_policy, conf.policy_main} - {'network'}:
             try:
                 make_policy(name, conf, '', env_id, n_actions, seed=0)
             except (ValueError, OSError) as e:
                 raise ConfigError(f'Policy {name!r} for {env_id} cannot be used: {e}') from None
+
+
+def check_observation(conf: Config, env_id: str, obs: dict) -> None:
+    """The model the config builds must read the observation the environment gives."""
+    has_image = conf.image_encoder not in ('', 'none')
+    if 'vecobs' in obs:
+        size = obs['vecobs'].shape[0]
+        if has_image or conf.vecobs_size != size:
+            raise ConfigError(f'{env_id} gives a vector observation of size {size}, but the config has '
+                              f'image_encoder {conf.image_encoder} and vecobs_size {conf.vecobs_size}; use '
+                              f'--configs defaults vector --vecobs_size {size} --action_dim <n>.')
+    if 'image' in obs:
+        size = obs['image'].shape[0]
+        if not has_image or conf.image_size != size:
+            raise ConfigError(f'{env_id} gives {size}x{size} images, but the config has image_encoder '
+                              f'{conf.image_encoder} and image_size {conf.image_size}; use the preset for it '
+                              f'(minatar for MinAtar ids, atari for Atari ids).')
 
 
 def run_stage(conf: Config, stage: str, children: Callable[[str], list[Child]],

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pydreamer.image_stats import ImageFloor, object_accuracy
+from pydreamer.image_stats import ImageFloor, changed_pixels, object_pixels, pixel_accuracy
 from pydreamer.models.dreamer import Dreamer
 from tests.test_models import config, make_obs
 
@@ -120,12 +120,23 @@ def test_image_floor_by_hand():
     assert math.isnan(ImageFloor().value('mse'))
 
 
-def test_object_accuracy_counts_only_object_pixels():
-    target = torch.zeros(1, 3, 2, 2)
-    target[0, 0] = 1                        # all empty ...
-    target[0, :, 0, 0] = torch.tensor([0.0, 1.0, 0.0])   # ... but an object of class 1
-    target[0, :, 1, 1] = torch.tensor([0.0, 0.0, 1.0])   # and one of class 2
-    prediction = torch.zeros(1, 3, 2, 2)
-    prediction[0, 1, 0, 0] = 1              # right
-    prediction[0, 1, 1, 1] = 1              # wrong class
-    assert object_accuracy(prediction, target) == (1, 2)
+def _onehot(classes):
+    """(T, B, H, W) category indices -> (T, B, 3, H, W) one-hot."""
+    return torch.nn.functional.one_hot(torch.tensor(classes), 3).permute(0, 1, 4, 2, 3).float()
+
+
+def test_pixel_accuracy_on_object_and_changed_pixels():
+    # one stream, three 2x2 frames: a static object of class 2 at (1, 1), a class-1 object
+    # moving from (0, 0) to (0, 1); a reset before the third frame
+    target = _onehot([[[[1, 0], [0, 2]]], [[[0, 1], [0, 2]]], [[[1, 0], [0, 2]]]])
+    reset = torch.tensor([[True], [False], [True]])
+    prediction = torch.zeros_like(target)
+    prediction[:, :, 0] = 1                              # everything empty ...
+    prediction[:, :, 2, 1, 1], prediction[:, :, 0, 1, 1] = 1, 0   # ... but the static object, right
+    objects, changed = object_pixels(target), changed_pixels(target, reset)
+    assert objects.sum() == 6
+    assert changed.tolist() == [[[[False, False], [False, False]]], [[[True, True], [False, False]]],
+                                [[[False, False], [False, False]]]]
+    assert pixel_accuracy(prediction, target, objects) == (3, 6)    # the static object in every frame
+    # the vacated pixel (0, 0) of frame 1 is predicted empty: right; the new position is missed
+    assert pixel_accuracy(prediction, target, changed) == (1, 2)
