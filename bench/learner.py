@@ -2,7 +2,7 @@
 world model and imagination + actor-critic, for the `minatar` and `atari` configs, in fp32 and
 with bf16 autocast.
 
-    .venv/bin/python bench/learner.py [--configs minatar atari] [--steps 5] [--threads 2]
+    .venv/bin/python bench/learner.py [--configs minatar atari minatar+minatar_cpu] [--steps 5] [--threads 2]
 
 Data comes from a real random-policy episode run made on the fly in a temporary mlflow store,
 read through the same BatchStream as the learner. Prints one table row per config and precision,
@@ -77,6 +77,12 @@ def time_steps(conf, run_id: str, steps: int, wm_only: bool) -> dict[str, float]
     return totals
 
 
+def parse_override(text: str) -> tuple[str, object]:
+    import yaml
+    key, _, value = text.partition('=')
+    return key, yaml.safe_load(value)
+
+
 def main(argv: list[str]) -> None:
     from pydreamer.processes import MALLOC_ENV
     if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
@@ -88,6 +94,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument('--steps', type=int, default=5)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--amp', nargs='+', default=['false', 'true'])
+    parser.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='config overrides applied after the sections, e.g. cnn_depth=32')
     args = parser.parse_args(argv)
     import torch
     torch.set_num_threads(args.threads)
@@ -98,19 +106,20 @@ def main(argv: list[str]) -> None:
         os.environ['MLFLOW_TRACKING_URI'] = f'sqlite:///{tmp}/mlflow.db'
         os.chdir(tmp)
         setup_tracking()
-        print(f'{"config":8} {"amp":5} {"B x T":7} {"params":>10} {"data s":>7} {"wm s/step":>10} '
+        print(f'{"config":20} {"amp":5} {"B x T":7} {"params":>10} {"data s":>7} {"wm s/step":>10} '
               f'{"full s/step":>11} {"imag+ac s":>10} {"steps/s":>8} {"GFLOP wm":>9} {"GFLOP full":>10} '
               f'{"matmul GFLOP/s":>14} {"floor wm s":>10} {"floor full s":>12}')
         for name in args.configs:
-            conf = build_config(['defaults', name])
-            run_id = make_data(conf, envs[name], max(3000, conf.batch_size * conf.batch_length * 2))
+            sections = name.split('+')  # presets applied left to right on `defaults`
+            conf = build_config(['defaults', *sections], dict(parse_override(o) for o in args.set))
+            run_id = make_data(conf, envs[sections[0]], max(3000, conf.batch_size * conf.batch_length * 2))
             for amp in args.amp:
                 c = conf.replace(amp=amp)
                 wm = time_steps(c, run_id, args.steps, wm_only=True)
                 full = time_steps(c, run_id, args.steps, wm_only=False)
                 flop_wm, flop_full = wm['gflop'], full['gflop']
                 speed = matmul_gflops(amp == 'true')
-                print(f'{name:8} {amp:5} {conf.batch_size}x{conf.batch_length:<4} {full["params"]:>10,} '
+                print(f'{name:20} {amp:5} {conf.batch_size}x{conf.batch_length:<4} {full["params"]:>10,} '
                       f'{full["data"]:>7.3f} {wm["train"]:>10.3f} {full["train"]:>11.3f} '
                       f'{full["train"] - wm["train"]:>10.3f} {1 / (full["train"] + full["data"]):>8.2f} '
                       f'{flop_wm:>9.1f} {flop_full:>10.1f} {speed:>14.0f} {flop_wm / speed:>10.3f} '

@@ -1,11 +1,14 @@
-"""Learning curve of one run (e.g. a from-scratch launch.py run), read back from mlflow.
+"""Learning curves of one or more runs (e.g. from-scratch launch.py runs), read back from mlflow.
 
     python experiments/plot_learning.py --run <run id or run name> [--out docs] [--bins 12]
+    python experiments/plot_learning.py --run <a> <b> --name breakout-cpu-vs-full
 
-Writes `learning_<run name>.png` (episode return against env steps and against learner steps,
-binned means with the per-episode points behind them) and `learning_<run name>.csv` (the
-binned numbers), and prints the table. Episodes of the prefill policy (random by default) sit
-at learner step 0; their mean return is drawn as the baseline line.
+Writes `learning_<name>.png` (episode return against env steps, learner steps and wall-clock
+minutes, binned means with the per-episode points of a single run behind them) and
+`learning_<name>.csv` (the binned numbers), and prints the table; <name> is the run's name for
+one run. Episodes of the prefill policy (random by default) sit at learner step 0; their mean
+return is drawn as the baseline line. Wall-clock minutes leave out the pauses of a run resumed
+in pieces (experiments/curves.py).
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ sys.path.insert(0, str(ROOT))
 from experiments.curves import bin_index, binned, episodes, save_figure, write_csv  # noqa: E402
 from pydreamer.tracking import client, get_run, setup_tracking  # noqa: E402
 
+AXES = (('env_steps', 1, 'env steps'), ('learner_steps', 0, 'learner steps'), ('wall_minutes', 3, 'wall-clock minutes'))
+
 
 def find_run(ref: str):
     """A run by id, or the newest run with that name."""
@@ -34,55 +39,64 @@ def find_run(ref: str):
     return runs[0]
 
 
-def curve(data: np.ndarray, column: int, bins: int) -> list[dict]:
-    """Binned mean return over `column` (0 learner steps, 1 env steps) of (N, 3) episode rows."""
+def curve(data: np.ndarray, column: int, bins: int, run: str) -> list[dict]:
+    """Binned mean return over `column` (see AXES) of (N, 4) episode rows."""
     edges = np.linspace(0, max(data[:, column].max(), 1), bins + 1)
     means = binned(data[:, column], data[:, 2], edges)
     index = bin_index(data[:, column], edges)
-    return [{'x_kind': 'learner_steps' if column == 0 else 'env_steps', 'x': float((lo + hi) / 2),
-             'mean': float(m), 'episodes': int(np.sum(index == i))}
+    kind = next(k for k, c, _ in AXES if c == column)
+    return [{'run': run, 'x_kind': kind, 'x': float((lo + hi) / 2), 'mean': float(m), 'episodes': int(np.sum(index == i))}
             for i, (lo, hi, m) in enumerate(zip(edges[:-1], edges[1:], means)) if not np.isnan(m)]
 
 
-def plot(data: np.ndarray, rows: list[dict], title: str, baseline: float, path: Path) -> None:
+def plot(data: dict[str, np.ndarray], rows: list[dict], title: str, baseline: float, path: Path) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for ax, column, kind in ((axes[0], 1, 'env_steps'), (axes[1], 0, 'learner_steps')):
-        ax.scatter(data[:, column], data[:, 2], s=3, alpha=0.25, color='grey', label='episodes')
-        pts = [r for r in rows if r['x_kind'] == kind]
-        ax.plot([p['x'] for p in pts], [p['mean'] for p in pts], marker='o', label='binned mean')
+    fig, axes = plt.subplots(1, len(AXES), figsize=(4.3 * len(AXES), 3.5))
+    for ax, (kind, column, label) in zip(axes, AXES):
+        for run, episodes_ in data.items():
+            if len(data) == 1:
+                ax.scatter(episodes_[:, column], episodes_[:, 2], s=3, alpha=0.25, color='grey', label='episodes')
+            pts = [r for r in rows if r['x_kind'] == kind and r['run'] == run]
+            ax.plot([p['x'] for p in pts], [p['mean'] for p in pts], marker='o', markersize=3,
+                    label='binned mean' if len(data) == 1 else run)
         if not np.isnan(baseline):
-            ax.axhline(baseline, color='red', linestyle='--', linewidth=1, label='prefill policy')
-        ax.set_xlabel(kind.replace('_', ' '))
+            ax.axhline(baseline, color='red', linestyle='--', linewidth=1, label='prefill (random) policy')
+        ax.set_title(f'return against {label}', fontsize=9)
+        ax.set_xlabel(label)
         ax.set_ylabel('episode return')
     save_figure(fig, axes, title, path)
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--run', required=True, help='run id or run name')
+    parser.add_argument('--run', required=True, nargs='+', help='run ids or run names')
+    parser.add_argument('--name', default=None, help='output name (default: the run name of a single run)')
     parser.add_argument('--out', default=str(ROOT / 'docs'))
     parser.add_argument('--bins', type=int, default=12)
     args = parser.parse_args(argv)
     setup_tracking()
-    run = find_run(args.run)
-    data = episodes(run.info.run_id)
-    if not len(data):
-        raise SystemExit(f'Run {run.info.run_id} has no agent/return metrics yet.')
-    rows = curve(data, 1, args.bins) + curve(data, 0, args.bins)
-    prefill = data[data[:, 0] == 0, 2]
+    runs = [find_run(ref) for ref in args.run]
+    data, rows = {}, []
+    for run in runs:
+        label = run.info.run_name or run.info.run_id
+        data[label] = episodes(run.info.run_id)
+        if not len(data[label]):
+            raise SystemExit(f'Run {run.info.run_id} has no agent/return metrics yet.')
+        rows += [r for _, column, _ in AXES for r in curve(data[label], column, args.bins, label)]
+    prefill = np.concatenate([d[d[:, 0] == 0, 2] for d in data.values()])
     baseline = float(prefill.mean()) if len(prefill) else float('nan')
-    name = run.info.run_name or run.info.run_id
+    name = args.name or next(iter(data))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, ['x_kind', 'x', 'mean', 'episodes'], out / f'learning_{name}.csv')
-    plot(data, rows, f'{name}: {run.data.params.get("env_id", "")}', baseline, out / f'learning_{name}.png')
-    print(f'[plot] wrote {out / f"learning_{name}.png"} and .csv ({len(data)} episodes)')
+    write_csv(rows, ['run', 'x_kind', 'x', 'mean', 'episodes'], out / f'learning_{name}.csv')
+    games = sorted({run.data.params.get('env_id', '') for run in runs})
+    plot(data, rows, f'{name}: {", ".join(games)}', baseline, out / f'learning_{name}.png')
+    print(f'[plot] wrote {out / f"learning_{name}.png"} and .csv ({sum(map(len, data.values()))} episodes)')
     print(f'[plot] prefill policy: return {baseline:.2f} over {len(prefill)} episodes')
     for r in rows:
-        print(f'[plot] {r["x_kind"]:14s} {r["x"]:>10.0f}  return {r["mean"]:6.2f}  ({r["episodes"]} episodes)')
+        print(f'[plot] {r["run"]:24s} {r["x_kind"]:14s} {r["x"]:>10.0f}  return {r["mean"]:6.2f}  ({r["episodes"]} episodes)')
 
 
 if __name__ == '__main__':

@@ -48,8 +48,9 @@ def make_policy(name: str, conf: Config, run_id: str, env_id: str, action_dim: i
     if name == 'network':
         from pydreamer.network_policy import NetworkPolicy
         fallback = None
-        if conf.actor_warmup_steps > 0 and conf.generator_prefill_policy != 'network':
+        start = max(conf.actor_warmup_steps, conf.policy_start_step)
+        if start > 0 and conf.generator_prefill_policy != 'network':
             fallback = make_policy(conf.generator_prefill_policy, conf, run_id, env_id, action_dim, seed + 1)
         return NetworkPolicy(conf, run_id, action_dim, seed, conf.policy_reload_interval,
-                             fallback=fallback, min_step=conf.actor_warmup_steps)
+                             fallback=fallback, min_step=start)
     raise ValueError(f'Unknown policy {name!r} for {env_id}; expected one of: {", ".join(POLICY_NAMES)}.')

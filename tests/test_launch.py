@@ -56,6 +56,9 @@ def test_debug_run_trains_and_generates_with_the_network_policy(mlflow_local, tm
     env_rows = [r for r in rows if r['x_kind'] == 'env_steps']
     assert env_rows and sum(int(r['episodes']) for r in env_rows) == len(returns)
     assert float(env_rows[-1]['x']) <= max(m.step for m in returns)
+    wall_rows = [r for r in rows if r['x_kind'] == 'wall_minutes']
+    assert sum(int(r['episodes']) for r in wall_rows) == len(returns)
+    assert 0 < float(wall_rows[-1]['x']) < 10  # minutes since the first episode of this short run
 
 
 def test_killed_learner_resumes_from_its_checkpoint(mlflow_local, tmp_path):
@@ -91,4 +94,27 @@ def test_learning_run_trains_then_draws_its_curve(mlflow_local, tmp_path):
     run = _only_run()
     assert run.info.status == 'FINISHED' and run.data.params['limit_step_ratio'] == '20.0'
     assert (tmp_path / 'docs' / 'learning_curve.png').exists()
-    assert (tmp_path / 'docs' / 'learning_curve.csv').read_text().startswith('x_kind,x,mean,episodes')
+    assert (tmp_path / 'docs' / 'learning_curve.csv').read_text().startswith('run,x_kind,x,mean,episodes')
+
+
+def test_vector_observation_run_trains_on_cartpole(mlflow_local, tmp_path):
+    out = subprocess.run([sys.executable, str(PROJECT_ROOT / 'launch.py'), '--configs', 'defaults', 'vector', 'debug',
+                          '--n_steps', '20', '--generator_prefill_steps', '300'],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = _only_run()
+    assert run.data.params['env_id'] == 'CartPole-v1' and run.info.status == 'FINISHED'
+    assert _checkpoint_step(run.info.run_id, tmp_path) == 20
+    assert 'train/loss_vecobs' in run.data.metrics and 'train/loss_image' not in run.data.metrics
+    from pydreamer.data import EpisodeIndex
+    index = EpisodeIndex(run.info.run_id, 'episodes', 10**6, 0)
+    index.refresh(force=True)
+    episode = index.load(index.files[0][0])
+    assert episode['vecobs'].shape[1:] == (4,) and 'image' not in episode
+    index.close()
+
+
+def test_an_image_preset_on_a_vector_environment_is_one_sentence(mlflow_local, tmp_path):
+    out = _launch(['--env_id', 'CartPole-v1', '--action_dim', '2'], tmp_path)
+    assert out.returncode == 2
+    assert 'CartPole-v1 gives a vector observation of size 4' in out.stderr and '--configs defaults vector' in out.stderr

@@ -140,3 +140,35 @@ def test_pixel_accuracy_on_object_and_changed_pixels():
     assert pixel_accuracy(prediction, target, objects) == (3, 6)    # the static object in every frame
     # the vacated pixel (0, 0) of frame 1 is predicted empty: right; the new position is missed
     assert pixel_accuracy(prediction, target, changed) == (1, 2)
+
+
+def test_actor_warmup_keeps_actor_and_critic_and_the_prefill_policy(mlflow_local, tmp_path):
+    """A debug run that ends inside its actor warm-up: the world model trained, the actor and
+    critic are the seeded initial ones, and the generator kept the random policy after the
+    learner's checkpoints appeared."""
+    import subprocess
+    import sys
+
+    from pydreamer import tracking
+    from pydreamer.checkpoint import RunCheckpoints, read_checkpoint
+    from pydreamer.config import PROJECT_ROOT, build_config
+
+    args = ['--configs', 'defaults', 'minatar', 'debug', '--n_steps', '30', '--actor_warmup_steps', '1000',
+            '--generator_prefill_steps', '300', '--save_interval', '5', '--limit_step_ratio', '40']
+    out = subprocess.run([sys.executable, str(PROJECT_ROOT / 'launch.py'), *args], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    c = tracking.client()
+    run = c.search_runs([c.get_experiment_by_name('pydreamer').experiment_id])[0]
+    saved = read_checkpoint(RunCheckpoints(run.info.run_id).download(str(tmp_path / 'ckpt')))
+    assert saved['step'] == 30
+    conf = build_config(['defaults', 'minatar', 'debug'])
+    torch.manual_seed(conf.seed)
+    initial = Dreamer(conf).state_dict()
+    for key, value in saved['model'].items():
+        if key.startswith('ac.') and key != 'ac.train_steps':
+            assert torch.equal(value, initial[key]), key
+    assert any(not torch.equal(v, initial[k]) for k, v in saved['model'].items() if k.startswith('wm.'))
+    assert 'train/loss_actor' not in run.data.metrics and run.data.metrics['train/ac_trained'] == 0
+    fallback = c.get_metric_history(run.info.run_id, 'agent/policy_fallback')
+    assert fallback and 'agent/policy_learner_step' not in run.data.metrics
