@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from experiments.curves import history, mean_se, save_figure, write_csv  # noqa: E402
+from experiments.curves import history, mean_se, write_csv  # noqa: E402
 from pydreamer.tracking import client, setup_tracking  # noqa: E402
 
 METRICS = ('train/loss_image', 'train/loss_image_floor', 'train/loss_kl', 'train/fps', 'eval/loss_image',
@@ -140,7 +140,9 @@ def _figure(series, variants, args, path: Path) -> None:
               ('KL (train)', 'train/loss_kl', 'nats', True),
               ('changed pixels right, posterior (eval)', 'eval/image_acc_changed_rec', 'share', False),
               ('changed pixels right, open-loop dream (eval)', 'eval/image_acc_changed_dream', 'share', False)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
+    palette = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    colours = {v: palette[i % len(palette)] for i, v in enumerate(variants)}  # the same in every panel
     for ax, (title, source, ylabel, log) in zip(axes, panels):
         for variant in variants:
             curves = [source(series[variant, s]) if callable(source) else series[variant, s][source]
@@ -150,19 +152,25 @@ def _figure(series, variants, args, path: Path) -> None:
                 continue
             values = np.array([[np.mean(c[step]) for step in steps] for c in curves])
             mean, se = mean_se(values, axis=0)
-            line, = ax.plot(steps, mean, marker='.', label=variant)
+            ax.plot(steps, mean, marker='.', color=colours[variant], label=variant)
             if args.seeds > 1:
-                ax.fill_between(steps, mean - se, mean + se, color=line.get_color(), alpha=0.2)
+                ax.fill_between(steps, mean - se, mean + se, color=colours[variant], alpha=0.2)
         if title.startswith('train image'):
             ax.axhline(0, color='k', lw=0.8, ls='--', label='static-marginal floor')
             ax.axhline(0.15, color='grey', lw=0.8, ls=':', label='15% under the floor')
+            ax.set_ylim(-0.6, 0.6)  # the early steps far above the floor would hide the region that matters
         if log:
             ax.set_yscale('log')
         ax.set_title(title, fontsize=9)
         ax.set_xlabel('world-model steps')
         ax.set_ylabel(ylabel)
     seeds = f'{args.seeds} seeds, mean ± s.e.' if args.seeds > 1 else '1 seed'
-    save_figure(fig, axes, f'World-model levers on {args.name} ({seeds})', path)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc='lower center', ncol=min(len(labels), 6), fontsize=8)
+    fig.suptitle(f'World-model levers on {args.name} ({seeds})', fontsize=10)
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 if __name__ == '__main__':
