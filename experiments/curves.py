@@ -66,11 +66,18 @@ def write_csv(rows: list[dict], fields: list[str], path: Path) -> None:
         writer.writerows(rows)
 
 
-def save_figure(fig, axes, title: str, path: Path) -> None:
-    """Legend on the first panel, the title above all, a small PNG."""
+def save_figure(fig, axes, title: str, path: Path, legend_rows: int = 0) -> None:
+    """The title above all panels and a small PNG. The legend of the first panel goes on that
+    panel, or, with legend_rows > 0, below the figure (one legend for panels that share lines)."""
     import matplotlib.pyplot as plt
-    axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    if legend_rows:
+        handles, labels = axes[0].get_legend_handles_labels()
+        ncol = -(-len(labels) // legend_rows)
+        fig.legend(handles, labels, loc='lower center', ncol=ncol, fontsize=8)
+        fig.tight_layout(rect=(0, 0.07 * legend_rows, 1, 1))
+    else:
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

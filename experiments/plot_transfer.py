@@ -153,12 +153,7 @@ def plot(rows: list[dict], random_return: float, title: str, path: Path) -> None
         ax.set_title(subtitle, fontsize=9)
         ax.set_xlabel(kind.replace('_', ' '))
         ax.set_ylabel(ylabel)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc='lower center', ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, axes, title, path, legend_rows=1)
 
 
 def main(argv: list[str]) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from experiments.curves import history, mean_se, write_csv  # noqa: E402
+from experiments.curves import history, mean_se, save_figure, write_csv  # noqa: E402
 from pydreamer.tracking import client, setup_tracking  # noqa: E402
 
 METRICS = ('train/loss_image', 'train/loss_image_floor', 'train/loss_kl', 'train/fps', 'eval/loss_image',
@@ -165,12 +165,7 @@ def _figure(series, variants, args, path: Path) -> None:
         ax.set_xlabel('world-model steps')
         ax.set_ylabel(ylabel)
     seeds = f'{args.seeds} seeds, mean ± s.e.' if args.seeds > 1 else '1 seed'
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc='lower center', ncol=min(len(labels), 6), fontsize=8)
-    fig.suptitle(f'World-model levers on {args.name} ({seeds})', fontsize=10)
-    fig.tight_layout(rect=(0, 0.13, 1, 1))
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, axes, f'World-model levers on {args.name} ({seeds})', path, legend_rows=2)
 
 
 if __name__ == '__main__':
