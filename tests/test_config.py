@@ -123,6 +123,13 @@ def test_config_found_from_any_working_directory(tmp_path):
 
 def test_every_section_only_sets_known_keys():
     sections = load_sections()
-    for name in sections:
-        build_config(['defaults', name])
+    known = set(sections['defaults'])
+    for name, section in sections.items():
+        assert set(section) <= known, f'{name} sets unknown keys {sorted(set(section) - known)}'
+        conf = build_config(['defaults', name])
+        for key, value in section.items():
+            default = sections['defaults'][key]
+            assert conf[key] == value, (name, key)
+            # typed like its default (`1` for a float key is 1.0); a None default takes any type
+            assert default is None or type(conf[key]) is type(default), (name, key)
 

@@ -1,4 +1,5 @@
 """Tests of the dqn package with real torch and MinAtar: networks, checkpoint loading, policy, training."""
+import io
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from dqn.networks import CheckpointError, ConvQNetwork, MLPQNetwork, checkpoint_shape, load_q_network
 from dqn.policy import DQNPolicy
@@ -31,6 +33,22 @@ class OriginalMLP(nn.Module):
 
     def forward(self, x):
         return self.layer3(torch.relu(self.layer2(torch.relu(self.layer1(x)))))
+
+
+def mlp_q_by_hand(w, states):
+    """Q-values of an original-project state dict with plain torch ops: HWC-flattened floats, 3 Linear layers."""
+    x = torch.from_numpy(states).float().reshape(len(states), -1)
+    x = torch.relu(x @ w['layer1.weight'].T + w['layer1.bias'])
+    x = torch.relu(x @ w['layer2.weight'].T + w['layer2.bias'])
+    return x @ w['layer3.weight'].T + w['layer3.bias']
+
+
+def conv_q_by_hand(w, states):
+    """Q-values of a MinAtar reference DQN state dict with plain torch ops (channels first for conv2d)."""
+    x = torch.from_numpy(states).float().permute(0, 3, 1, 2)
+    x = F.relu(F.conv2d(x, w['conv.weight'], w['conv.bias']))
+    x = F.relu(x.flatten(1) @ w['fc_hidden.weight'].T + w['fc_hidden.bias'])
+    return x @ w['output.weight'].T + w['output.bias']
 
 
 def minatar_states(game, n, seed=0):
@@ -105,17 +123,18 @@ def test_policy_plays_original_mlp_checkpoints_and_switches_only_at_episode_star
     policy = DQNPolicy(folder, n_actions=6, epsilon=0.0, seed=0)
     assert [p.name for p in policy.paths] == ['model_100.pt', 'model_2000.pt']
     states = minatar_states('breakout', 200)
+    # ε = 0 is greedy with the drawn file's network, computed here from its tensors, not the policy's copy.
+    greedy = {i: mlp_q_by_hand(torch.load(path, weights_only=True), states).argmax(1).tolist()
+              for i, path in enumerate(policy.paths)}
+    assert greedy[0] != greedy[1]  # the two files disagree, so a wrong draw shows
     chosen = []
     for t, state in enumerate(states):
         action, metrics = policy({'minatar_state': state, 'reset': t % 20 == 0})
-        assert 0 <= action < 6
+        assert action == greedy[metrics['policy_checkpoint']][t], t
         chosen.append(metrics['policy_checkpoint'])
     episodes = np.array(chosen).reshape(10, 20)
     assert (episodes == episodes[:, :1]).all()  # one checkpoint for a whole episode
     assert set(episodes[:, 0]) == {0, 1}  # both skill levels are used
-    # ε = 0 is greedy with the drawn network.
-    greedy = int(policy.networks[chosen[-1]](torch.from_numpy(states[-1])[None]).argmax())
-    assert policy({'minatar_state': states[-1], 'reset': False})[0] == greedy
 
 
 def test_policy_epsilon_one_is_uniform_over_the_six_actions(original_mlp_folder):
@@ -185,8 +204,12 @@ def test_training_writes_loadable_checkpoints_and_never_overwrites_them(tmp_path
     paths = train(tiny_config(tmp_path))
     game_dir = tmp_path / 'breakout'
     assert paths == [game_dir / 'model_600.pt', game_dir / 'model_1200.pt']
+    states = minatar_states('breakout', 20)
     for path in paths:
-        assert load_q_network(path, BREAKOUT_CHANNELS, 6).conv.weight.shape == (16, BREAKOUT_CHANNELS, 3, 3)
+        net, saved = load_q_network(path, BREAKOUT_CHANNELS, 6), torch.load(path, weights_only=True)
+        assert isinstance(net, ConvQNetwork)
+        with torch.no_grad():
+            torch.testing.assert_close(net(torch.from_numpy(states)), conv_q_by_hand(saved, states))
     assert sorted(p.name for p in game_dir.iterdir()) == ['model_1200.pt', 'model_600.pt', 'scores.csv']
     policy = DQNPolicy(game_dir, seed=0)
     assert policy({'minatar_state': minatar_states('breakout', 1)[0], 'reset': True})[0] in range(6)
@@ -202,12 +225,16 @@ def test_training_writes_loadable_checkpoints_and_never_overwrites_them(tmp_path
     assert train(tiny_config(tmp_path)) == paths  # the final checkpoint exists: the game is skipped
     assert snapshot() == before
 
-    # An interrupted run (final checkpoint missing) is trained again; the finished file stays as it was.
+    # An interrupted run (final checkpoint missing) is trained again from scratch; the finished file stays as it was.
     paths[1].unlink()
-    train(tiny_config(tmp_path, seed=1))
+    train(tiny_config(tmp_path))
     after = snapshot()
-    assert after['model_600.pt'] == before['model_600.pt']
-    assert load_q_network(paths[1], BREAKOUT_CHANNELS, 6) is not None
+    assert after['model_600.pt'] == before['model_600.pt']  # also its mtime: not rewritten with equal bytes
+    # Training is seeded, so a run from scratch writes the deleted file's weights again; one resumed
+    # from model_600 would not.
+    retrained = torch.load(paths[1], weights_only=True)
+    deleted = torch.load(io.BytesIO(before['model_1200.pt'][1]), weights_only=True)
+    assert retrained.keys() == deleted.keys() and all(torch.equal(retrained[k], deleted[k]) for k in deleted)
 
 
 def test_main_parses_flags_and_trains_the_mlp(tmp_path):
