@@ -12,7 +12,6 @@ the files in and out of mlflow runs.
 """
 from __future__ import annotations
 
-import logging
 import os
 import posixpath
 import re
@@ -21,11 +20,9 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ('action', 'reward', 'terminal', 'reset')
 OBSERVATION_KEYS = ('image', 'vecobs')  # a file holds at least one of them
@@ -154,16 +151,6 @@ def load_episode(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if reason:
         raise CorruptEpisodeError(f'Episode file {path} is invalid: {reason}.')
     return data
-
-
-def load_episodes_skipping_corrupt(
-        paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-    """Yield (path, episode) for every readable file; a corrupt one is skipped with a warning."""
-    for path in paths:
-        try:
-            yield str(path), load_episode(path)
-        except CorruptEpisodeError as e:
-            log.warning('Skipping a corrupt episode file: %s', e)
 
 
 def stored_bytes_per_step(data: Mapping[str, np.ndarray]) -> float:

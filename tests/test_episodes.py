@@ -1,10 +1,12 @@
 """Episode files (names, storage, chunking, selection) and artifact folders on both mlflow stores."""
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
 import threading
+import time
 import zipfile
 
 import numpy as np
@@ -15,7 +17,6 @@ from pydreamer.episodes import (
     EpisodeChunker,
     EpisodeFile,
     load_episode,
-    load_episodes_skipping_corrupt,
     resume_point,
     save_episode,
     select_newest,
@@ -150,23 +151,40 @@ def _plain_npz_bytes(data: dict) -> int:
 
 # --- corrupt files -----------------------------------------------------------------------------
 
-def test_corrupt_files_are_skipped_with_a_warning(tmp_path, caplog):
+def test_the_learner_skips_corrupt_files_once_with_a_warning(mlflow_local, tmp_path, caplog):
+    """EpisodeIndex, which the learner's batches read through, warns once per corrupt file and
+    never lists it again; whole files load as written."""
+    from pydreamer.artifacts import ArtifactFolder
+    from pydreamer.data import EpisodeIndex
+
+    run_id = _new_run_id()
+    folder = ArtifactFolder(run_id, 'episodes/0')
     rng = np.random.default_rng(3)
-    good = []
+    local, good = tmp_path / 'src', {}
+    local.mkdir()
     for i in range(2):
-        path = tmp_path / EpisodeFile(i, i, 0, 0, 40).name
-        save_episode(path, _stack(_rows(40, (10, 10), 6, rng)))
-        good.append(str(path))
-    truncated = tmp_path / EpisodeFile(2, 2, 0, 0, 40).name
-    truncated.write_bytes(open(good[0], 'rb').read()[:-100])
-    garbage = tmp_path / EpisodeFile(3, 3, 0, 0, 40).name
-    garbage.write_bytes(b'not an episode at all')
-    with caplog.at_level(logging.WARNING, logger='pydreamer.episodes'):
-        loaded = list(load_episodes_skipping_corrupt([good[0], truncated, garbage, good[1]]))
-    assert [p for p, _ in loaded] == good
+        path = local / EpisodeFile(i, i, 0, 0, 40).name
+        good[path.name] = _stack(_rows(40, (10, 10), 6, rng))
+        save_episode(path, good[path.name])
+    (local / EpisodeFile(2, 2, 0, 0, 40).name).write_bytes((local / EpisodeFile(0, 0, 0, 0, 40).name).read_bytes()[:-100])
+    (local / EpisodeFile(3, 3, 0, 0, 40).name).write_bytes(b'not an episode at all')
+    for path in sorted(local.iterdir()):
+        folder.upload(path)
+    index = EpisodeIndex(run_id, 'episodes', buffer_size=10**6, listing_interval=0, cache_dir=tmp_path / 'cache')
+    index.refresh(force=True)
+    assert len(index.files) == 4
+    with caplog.at_level(logging.WARNING, logger='pydreamer.data'):
+        loaded = {path.split('/')[-1]: index.load(path) for path, _ in sorted(index.files)}
+    assert {name for name, data in loaded.items() if data is not None} == set(good)
+    for name, data in good.items():
+        _assert_equal_episodes(loaded[name], data)
+    corrupt = sorted(set(loaded) - set(good))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 2
-    assert str(truncated) in warnings[0] and str(garbage) in warnings[1]
+    assert len(warnings) == 2 and all(name in w for name, w in zip(corrupt, warnings))
+    assert sorted(p.split('/')[-1] for p in index.bad) == corrupt
+    index.refresh(force=True)  # a corrupt file is never chosen again
+    assert sorted(p.split('/')[-1] for p, _ in index.files) == sorted(good)
+    index.close()
 
 
 def test_invalid_archives_are_corrupt_and_missing_files_are_not(tmp_path):
@@ -309,7 +327,7 @@ def _new_run_id() -> str:
     return MlflowClient().create_run(experiment_id='0').info.run_id
 
 
-def test_artifact_folder_episode_round_trip(tracking_uri, tmp_path, caplog):
+def test_artifact_folder_episode_round_trip(tracking_uri, tmp_path):
     from pydreamer.artifacts import ArtifactFolder
 
     run_id = _new_run_id()
@@ -344,9 +362,8 @@ def test_artifact_folder_episode_round_trip(tracking_uri, tmp_path, caplog):
         _assert_equal_episodes(load_episode(path), data)
 
     bad = ArtifactFolder(run_id, 'episodes/1').download(f'episodes/1/{broken}', dst)
-    with caplog.at_level(logging.WARNING, logger='pydreamer.episodes'):
-        assert [p for p, _ in load_episodes_skipping_corrupt([bad, paths[0]])] == [paths[0]]
-    assert broken in caplog.text
+    with pytest.raises(CorruptEpisodeError, match=broken):
+        load_episode(bad)
     with pytest.raises(ValueError, match='not inside folder episodes/0'):
         folder.download(f'episodes/1/{broken}', dst)
 
@@ -377,45 +394,64 @@ def test_artifact_folder_single_files(tracking_uri, tmp_path):
 
 
 def test_readers_never_see_partial_uploads(tracking_uri, tmp_path):
-    """A reader listing and loading while a writer uploads sees only whole files."""
+    """An upload held halfway is invisible to a reader; once finished, the reader gets it whole.
+
+    The upload reads from a named pipe that this test fills. When the first half has been written,
+    the uploader has consumed most of it (a pipe buffers at most 64 KiB): on the local store it has
+    its destination file open, wherever that is; to a server it has sent part of the request body.
+    Nothing depends on timing.
+    """
     from pydreamer.artifacts import ArtifactFolder
 
     run_id = _new_run_id()
-    rng = np.random.default_rng(11)
-    src = tmp_path / 'src'
-    src.mkdir()
-    names = []
-    for i in range(8):  # ~1.2 MB incompressible files, so that writes take a while
-        f = EpisodeFile(i, i, 0, 0, 100)
-        save_episode(src / f.name, _stack(_rows(100, (64, 64, 3), 18, rng)))
-        names.append(f.name)
-    done = threading.Event()
+    name = EpisodeFile(0, 0, 0, 0, 100).name
+    data = _stack(_rows(100, (64, 64, 3), 18, np.random.default_rng(11)))
+    save_episode(tmp_path / name, data)
+    payload = (tmp_path / name).read_bytes()  # ~1.2 MB of incompressible images
+    pipe = tmp_path / 'pipe' / name
+    pipe.parent.mkdir()
+    os.mkfifo(pipe)
     errors = []
 
     def upload():
         try:
-            folder = ArtifactFolder(run_id, 'episodes/0')
-            for name in names:
-                folder.upload(src / name)
+            ArtifactFolder(run_id, 'episodes/0').upload(pipe)
         except Exception as e:  # reported by the test below
             errors.append(e)
-        finally:
-            done.set()
 
-    writer = threading.Thread(target=upload)
-    writer.start()
+    uploader = threading.Thread(target=upload)
+    uploader.start()
     reader = ArtifactFolder(run_id, 'episodes/0')
-    seen = set()
-    while True:
-        finished = done.is_set()
-        for path, _ in reader.list():
-            if path not in seen:
-                load_episode(reader.download(path, tmp_path / 'dl'))  # raises if partial
-                seen.add(path)
-        if finished:
-            break
-    writer.join()
-    assert not errors and len(seen) == len(names)
+    fd = _open_pipe_for_writing(pipe, uploader)
+    assert fd is not None, errors
+    try:
+        with open(fd, 'wb') as w:
+            w.write(payload[:len(payload) // 2])
+            w.flush()
+            assert reader.list() == []
+            w.write(payload[len(payload) // 2:])
+    finally:
+        uploader.join(60)
+    assert not uploader.is_alive() and not errors
+    assert [EpisodeFile.parse(p) for p, _ in reader.list()] == [EpisodeFile.parse(name)]
+    _assert_equal_episodes(load_episode(reader.download(f'episodes/0/{name}', tmp_path / 'dl')), data)
+
+
+def _open_pipe_for_writing(pipe, reader_thread, timeout=120) -> int | None:
+    """A blocking write descriptor of `pipe` once `reader_thread` has opened it for reading, or
+    None if that thread ended first (a plain open would then wait forever)."""
+    deadline = time.monotonic() + timeout
+    while reader_thread.is_alive() and time.monotonic() < deadline:
+        try:
+            fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # ENXIO: nobody has the pipe open for reading yet
+                raise
+            time.sleep(0.01)
+            continue
+        os.set_blocking(fd, True)
+        return fd
+    return None
 
 
 def test_errors_other_than_missing_propagate(mlflow_local, monkeypatch):
