@@ -38,10 +38,23 @@ def test_launch_random_run_writes_episodes_and_metrics(mlflow_local, tmp_path):
     assert data['image'].shape[1:] == (10, 10) and data['image'].dtype == np.uint8
     assert data['action'].shape[1:] == (6,) and data['reset'][0]
     assert len(data['reset']) == train[0][1].steps
-    returns = _metric_history(run.info.run_id, 'agent/return')
-    lengths = _metric_history(run.info.run_id, 'agent/episode_length')
-    assert len(returns) >= 10 and len(returns) == len(lengths)
-    assert all(m.value >= 0 for m in returns)
+    # Every logged (step, return, length) is what the stored rows of that worker say, where step
+    # counts the worker's rows up to the episode's end. Sets: the store drops exact duplicates.
+    logged = {(m.step, m.value) for m in _metric_history(run.info.run_id, 'agent/return')}
+    lengths = {(m.step, m.value) for m in _metric_history(run.info.run_id, 'agent/episode_length')}
+    stored, stored_lengths = set(), set()
+    for worker in ('0', '1'):
+        files = sorted(((p, f) for p, f in train + evals if p.split('/')[1] == worker),
+                       key=lambda pf: (pf[1].ep_to, pf[1].chunk))
+        rows = [load_episode(ArtifactFolder(run.info.run_id, p.rsplit('/', 1)[0]).download(p, str(tmp_path / 'all' / worker)))
+                for p, _ in files]
+        reward = np.concatenate([r['reward'] for r in rows])
+        starts = np.flatnonzero(np.concatenate([r['reset'] for r in rows]))
+        ends = np.append(starts[1:], len(reward))
+        stored |= {(int(end), float(reward[start:end].sum())) for start, end in zip(starts, ends)}
+        stored_lengths |= {(int(end), float(end - start)) for start, end in zip(starts, ends)}
+    assert len(logged) >= 10 and any(value > 0 for _, value in logged)
+    assert logged == stored and lengths == stored_lengths
     assert ArtifactFolder(run.info.run_id, '').exists('config.yaml')
 
 
