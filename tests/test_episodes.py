@@ -166,7 +166,8 @@ def test_the_learner_skips_corrupt_files_once_with_a_warning(mlflow_local, tmp_p
         path = local / EpisodeFile(i, i, 0, 0, 40).name
         good[path.name] = _stack(_rows(40, (10, 10), 6, rng))
         save_episode(path, good[path.name])
-    (local / EpisodeFile(2, 2, 0, 0, 40).name).write_bytes((local / EpisodeFile(0, 0, 0, 0, 40).name).read_bytes()[:-100])
+    truncated = (local / EpisodeFile(0, 0, 0, 0, 40).name).read_bytes()[:-100]
+    (local / EpisodeFile(2, 2, 0, 0, 40).name).write_bytes(truncated)
     (local / EpisodeFile(3, 3, 0, 0, 40).name).write_bytes(b'not an episode at all')
     for path in sorted(local.iterdir()):
         folder.upload(path)

@@ -46,8 +46,8 @@ def test_launch_random_run_writes_episodes_and_metrics(mlflow_local, tmp_path):
     for worker in ('0', '1'):
         files = sorted(((p, f) for p, f in train + evals if p.split('/')[1] == worker),
                        key=lambda pf: (pf[1].ep_to, pf[1].chunk))
-        rows = [load_episode(ArtifactFolder(run.info.run_id, p.rsplit('/', 1)[0]).download(p, str(tmp_path / 'all' / worker)))
-                for p, _ in files]
+        folder = ArtifactFolder(run.info.run_id, '')
+        rows = [load_episode(folder.download(p, str(tmp_path / 'all' / worker))) for p, _ in files]
         reward = np.concatenate([r['reward'] for r in rows])
         starts = np.flatnonzero(np.concatenate([r['reset'] for r in rows]))
         ends = np.append(starts[1:], len(reward))
