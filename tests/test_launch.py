@@ -14,7 +14,7 @@ from pydreamer.config import PROJECT_ROOT
 LAUNCH = [sys.executable, str(PROJECT_ROOT / 'launch.py'), '--configs', 'defaults', 'minatar', 'debug']
 
 
-def _launch(args, cwd, timeout=120):
+def _launch(args, cwd, timeout=600):  # a debug run takes ~35 s on a busy 2-core machine
     return subprocess.run(LAUNCH + args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -39,6 +39,10 @@ def test_debug_run_trains_and_generates_with_the_network_policy(mlflow_local, tm
     assert _checkpoint_step(run_id, tmp_path) == 100
     history = tracking.client().get_metric_history(run_id, 'train/loss_model')
     assert [m.step for m in history] == list(range(5, 101, 5))
+    # the world model learns: measured 51.4 -> 22.2 (train), 51.9 -> 21.9 (eval, held-out files)
+    assert history[-1].value < 0.6 * history[0].value
+    evals = tracking.client().get_metric_history(run_id, 'eval/loss_model')
+    assert evals[0].step == 0 and evals[-1].value < 0.6 * evals[0].value
     for key in ('train/loss_kl', 'train/loss_image', 'train/loss_reward', 'train/loss_terminal',
                 'train/entropy_prior', 'train/entropy_post', 'train/loss_actor', 'train/loss_critic',
                 'train/policy_entropy', 'train/policy_value', 'train/grad_norm_wm', 'train/fps',
@@ -65,7 +69,7 @@ def test_killed_learner_resumes_from_its_checkpoint(mlflow_local, tmp_path):
     proc = subprocess.Popen(LAUNCH + ['--n_steps', '100000', '--save_interval', '5'], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.time() + 90
+        deadline = time.time() + 300  # generous: the three processes start slowly on a busy 2-core machine
         step = None
         while time.time() < deadline and not step:
             time.sleep(2)
@@ -73,7 +77,7 @@ def test_killed_learner_resumes_from_its_checkpoint(mlflow_local, tmp_path):
                 [e.experiment_id for e in tracking.client().search_experiments()])
             if runs:
                 step = _checkpoint_step(runs[0].info.run_id, tmp_path)
-        assert step, 'no checkpoint appeared within 90 s'
+        assert step, 'no checkpoint appeared within 300 s'
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -95,6 +99,9 @@ def test_learning_run_trains_then_draws_its_curve(mlflow_local, tmp_path):
     assert run.info.status == 'FINISHED' and run.data.params['limit_step_ratio'] == '20.0'
     assert (tmp_path / 'docs' / 'learning_curve.png').exists()
     assert (tmp_path / 'docs' / 'learning_curve.csv').read_text().startswith('run,x_kind,x,mean,episodes')
+    # 20 steps are enough to see the world model learn on held-out files: measured 51.9 -> 48.0
+    evals = tracking.client().get_metric_history(run.info.run_id, 'eval/loss_model')
+    assert [m.step for m in evals] == [0, 20] and evals[-1].value < 0.98 * evals[0].value
 
 
 def test_vector_observation_run_trains_on_cartpole(mlflow_local, tmp_path):
