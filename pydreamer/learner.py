@@ -160,7 +160,7 @@ def _resume_or_prepare(model: Dreamer, optimizers, checkpoints: RunCheckpoints, 
                        run_id: str, work_dir: str) -> int:
     local = checkpoints.download(work_dir)
     if local is not None:
-        step = restore(read_checkpoint(local), model, optimizers)
+        step = restore(read_checkpoint(local, name=checkpoints.uri), model, optimizers)
         log.info('Resumed from checkpoints/latest.pt of run %s at step %d.', run_id, step)
         return step
     if spec.prepare is not None:
