@@ -40,7 +40,7 @@ def check_generator_config(conf: Config) -> None:
 
 def check_observation(conf: Config, env_id: str, obs: dict) -> None:
     """The model the config builds must read the observation the environment gives."""
-    has_image = conf.image_encoder not in ('', 'none')
+    has_image = conf.image_encoder != 'none'
     if 'vecobs' in obs:
         size = obs['vecobs'].shape[0]
         if has_image or conf.vecobs_size != size:
