@@ -15,9 +15,6 @@ def check(conf: Config) -> None:
     if isinstance(conf.env_id, str):
         raise ConfigError(f'Config key env_id must be a list of env ids for the multi-env generator, '
                           f'got the single id {conf.env_id!r}; write it as [{conf.env_id}].')
-    if conf.n_steps:
-        raise ConfigError(f'The multi-env generator trains nothing, but n_steps is {conf.n_steps}; '
-                          f'use the generator_multi_env section (n_steps 0).')
 
 
 def run(conf: Config, run_id: str, worker: int) -> None:

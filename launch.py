@@ -13,7 +13,7 @@ import sys
 from pydreamer.cli import run_cli
 from pydreamer.config import ConfigError, parse_args
 from pydreamer.processes import Child
-from pydreamer.stage import check_generator_config, run_stage
+from pydreamer.stage import check_generator_config, check_learner_config, run_stage
 
 
 def main(argv: list[str]) -> int:
@@ -22,6 +22,8 @@ def main(argv: list[str]) -> int:
         raise ConfigError('A data-only run (n_steps 0) has no learner to provide the network policy; '
                           'set policy_main to random, dqn or atari_net.')
     check_generator_config(conf)
+    if conf.n_steps > 0:
+        check_learner_config(conf)
 
     def children(run_id: str) -> list[Child]:
         procs = [Child(f'generator-{w}', 'pydreamer.generator:run', (conf, run_id, w)) for w in range(conf.generator_workers)]

@@ -16,15 +16,16 @@ from pydreamer.cli import run_cli
 from pydreamer.config import parse_args
 from pydreamer.pretrained import check_compatible, fetch_checkpoint
 from pydreamer.processes import Child
-from pydreamer.stage import check_generator_config, run_stage
+from pydreamer.stage import check_generator_config, check_learner_config, run_stage
 
 
 def main(argv: list[str]) -> int:
     conf = parse_args(argv, default_sections=('defaults', 'minatar', 'finetune'))
     check_generator_config(conf)
+    check_learner_config(conf)
     if not conf.resume_id:
         with tempfile.TemporaryDirectory(prefix='pydreamer-check-') as tmp:
-            payload = read_checkpoint(fetch_checkpoint(conf.model_checkpoint, tmp))
+            payload = read_checkpoint(fetch_checkpoint(conf.model_checkpoint, tmp), name=conf.model_checkpoint)
         check_compatible(payload['config'], conf, conf.load_parts, conf.model_checkpoint)
 
     def children(run_id: str) -> list[Child]:

@@ -10,7 +10,7 @@ from pydreamer.artifacts import ArtifactFolder
 from pydreamer.cli import run_cli
 from pydreamer.config import ConfigError, parse_args
 from pydreamer.processes import Child
-from pydreamer.stage import run_stage
+from pydreamer.stage import check_learner_config, run_stage
 from pydreamer.tracking import get_run, setup_tracking
 
 
@@ -26,6 +26,7 @@ def check_data_run(run_id: str) -> None:
 
 def main(argv: list[str]) -> int:
     conf = parse_args(argv, default_sections=('defaults', 'minatar', 'wm_training'))
+    check_learner_config(conf)
     check_data_run(conf.mlflow_run_id)
     return run_stage(conf, 'wm_training', lambda run_id: [Child('learner', 'train_wm_only:run', (conf, run_id), ends_job=True, trains=True)],
                      tags={'data_run_id': conf.mlflow_run_id})

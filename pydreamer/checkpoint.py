@@ -55,22 +55,24 @@ def save_checkpoint(path: Path, step: int, model: torch.nn.Module,
         raise
 
 
-def read_checkpoint(path: Path, mmap: bool = False) -> dict:
+def read_checkpoint(path: Path, mmap: bool = False, name: str | None = None) -> dict:
     """Load a checkpoint file onto the CPU, checking its format. With `mmap` the tensors stay in
     the file's pages until used: a reader that needs only the model leaves the optimizer states
-    (two thirds of the file) unread."""
+    (two thirds of the file) unread. Errors call the file `name` (default: its path), e.g. the
+    artifact URI of a downloaded copy, whose temporary path would tell the user nothing."""
     import torch
     path = Path(path)
+    name = name or str(path)
     if not path.is_file():
-        raise CheckpointError(f'Checkpoint file {path} does not exist.')
+        raise CheckpointError(f'Checkpoint file {name} does not exist.')
     try:
         payload = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
     except Exception as e:
-        raise CheckpointError(f'Checkpoint file {path} could not be read ({type(e).__name__}: {e}).') from None
+        raise CheckpointError(f'Checkpoint file {name} could not be read ({type(e).__name__}: {e}).') from None
     if not isinstance(payload, dict) or 'format_version' not in payload:
-        raise CheckpointError(f'File {path} is not a pydreamer checkpoint (no format_version).')
+        raise CheckpointError(f'File {name} is not a pydreamer checkpoint (no format_version).')
     if payload['format_version'] != FORMAT_VERSION:
-        raise CheckpointError(f'Checkpoint {path} has format version {payload["format_version"]}, '
+        raise CheckpointError(f'Checkpoint {name} has format version {payload["format_version"]}, '
                               f'this code reads version {FORMAT_VERSION}.')
     return payload
 
@@ -93,6 +95,7 @@ class RunCheckpoints:
     def __init__(self, run_id: str):
         self.folder = ArtifactFolder(run_id, CHECKPOINT_DIR)
         self.artifact_path = f'{CHECKPOINT_DIR}/{CHECKPOINT_NAME}'
+        self.uri = f'runs:/{run_id}/{self.artifact_path}'
 
     def upload(self, local_path: Path) -> None:
         self.folder.upload_file(str(local_path), CHECKPOINT_DIR)

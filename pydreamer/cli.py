@@ -1,17 +1,16 @@
 """What every launcher shares: turning a user mistake into one sentence and exit code 2."""
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Callable
 
 from pydreamer.checkpoint import CheckpointError
 from pydreamer.config import ConfigError
-from pydreamer.envs import UnknownEnvError
+from pydreamer.envs import EnvError
 from pydreamer.logs import configure_logging
 from pydreamer.tracking import RunNotFoundError
 
-USER_ERRORS = (ConfigError, UnknownEnvError, RunNotFoundError, CheckpointError)
+USER_ERRORS = (ConfigError, EnvError, RunNotFoundError, CheckpointError)
 
 
 def run_cli(main: Callable[[list[str]], int], name: str, argv: list[str] | None = None) -> int:
@@ -19,6 +18,5 @@ def run_cli(main: Callable[[list[str]], int], name: str, argv: list[str] | None 
     try:
         return main(sys.argv[1:] if argv is None else argv)
     except USER_ERRORS as e:
-        logging.getLogger(name).error('%s', e)
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {e}', file=sys.stderr)  # not logged as well: the sentence is said once
         return 2

@@ -4,12 +4,17 @@
 (`--configs defaults minatar debug`) and then applying `--<key> <value>` overrides. Every key must
 exist in the `defaults` section; values are parsed as YAML and checked against the type of the
 default, so a typo or a wrong type fails at start-up with one sentence instead of silently
-creating a new key or turning a number into a string.
+creating a new key or turning a number into a string. The annotation that opens a key's comment
+in the `defaults` section (`# {a, b}`, `# >= 0`, `# 0..1`, `# <map>`; the file's header explains
+them) says which values the key takes, and every resolved config is checked against it.
 """
 from __future__ import annotations
 
 import difflib
+import functools
 import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -27,16 +32,47 @@ class ConfigError(ValueError):
     """A config section, key or value that cannot be used."""
 
 
+@dataclass(frozen=True)
+class Rule:
+    """The values a key takes, from the annotation that opens its comment in `defaults`."""
+    choices: tuple[str, ...] = ()
+    low: float | None = None  # with `high`, the range of a number
+    high: float = math.inf
+    types: tuple[str, ...] = ()  # names in _TYPES, for a key whose default is empty
+
+    def problem(self, value: Any) -> str | None:
+        """What the value should have been, or None when it is allowed."""
+        if value is None:
+            return None
+        if self.choices and value not in self.choices:
+            return f'one of {", ".join(self.choices)}'
+        if self.types and not isinstance(value, tuple(_TYPES[t] for t in self.types)):
+            return ' or '.join(_type_name(_TYPES[t]) for t in self.types)
+        if self.low is not None and not self.low <= value <= self.high:
+            return f'at least {self.low:g}' if self.high == math.inf else f'between {self.low:g} and {self.high:g}'
+        return None
+
+
+_TYPES = {'str': str, 'list': list, 'map': dict}
+# `{a, b}` | `>= n` | `n..m` | `<str | list>`, opening the comment of a key in the defaults section
+_ANNOTATION = re.compile(r'\{(?P<choices>[^}]*)\}|>=\s*(?P<low>[-\d.]+)|(?P<from>[-\d.]+)\.\.(?P<to>[-\d.]+)'
+                         r'|<(?P<types>[^>]*)>')
+_KEY_COMMENT = re.compile(r'\s+(?P<key>\w+):[^#]*#\s*(?P<comment>.*)')
+
+
 class Config(Mapping):
     """An immutable mapping of resolved config values with attribute access."""
 
-    def __init__(self, values: Mapping[str, Any], defaults: Mapping[str, Any] | None = None):
+    def __init__(self, values: Mapping[str, Any], defaults: Mapping[str, Any] | None = None,
+                 rules: Mapping[str, Rule] | None = None):
         object.__setattr__(self, '_values', dict(values))
-        # The `defaults` section decides the type of a key, also for later `replace` calls.
+        # The `defaults` section decides the type and the allowed values of a key, also for later
+        # `replace` calls.
         object.__setattr__(self, '_defaults', dict(defaults if defaults is not None else values))
+        object.__setattr__(self, '_rules', dict(rules or {}))
 
     def __reduce__(self):
-        return Config, (self._values, self._defaults)
+        return Config, (self._values, self._defaults, self._rules)
 
     def __getattr__(self, key: str) -> Any:
         if key.startswith('__'):
@@ -68,7 +104,8 @@ class Config(Mapping):
             if key not in values:
                 raise ConfigError(f'Unknown config key {key!r}{_suggest(key, values)}.')
             values[key] = coerce(key, value, self._defaults[key])
-        return Config(values, self._defaults)
+        check_rules(values, self._rules)
+        return Config(values, self._defaults, self._rules)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self._values)
@@ -109,7 +146,51 @@ def build_config(section_names: list[str], overrides: Mapping[str, Any] | None =
         if key not in base:
             raise ConfigError(f'Unknown config key {key!r}{_suggest(key, base)}.')
         values[key] = coerce(key, value, base[key])
-    return Config(values, base)
+    rules = load_rules(path)
+    check_rules(values, rules)
+    return Config(values, base, rules)
+
+
+@functools.cache
+def load_rules(path: Path = DEFAULTS_FILE) -> dict[str, Rule]:
+    """The rules that the annotated comments of the defaults section declare, by key."""
+    rules = {}
+    for line in _section_lines(path.read_text(), BASE_SECTION):
+        match = _KEY_COMMENT.fullmatch(line)
+        annotation = match and _ANNOTATION.match(match['comment'])
+        if annotation:
+            rules[match['key']] = _rule(match['key'], annotation)
+    return rules
+
+
+def check_rules(values: Mapping[str, Any], rules: Mapping[str, Rule]) -> None:
+    for key, rule in rules.items():
+        expected = rule.problem(values[key])
+        if expected:
+            raise ConfigError(f'Config key {key} is {values[key]!r}; expected {expected}.')
+
+
+def _section_lines(text: str, section: str) -> list[str]:
+    """The indented lines of one top-level section of a YAML file."""
+    lines = text.splitlines()
+    start = lines.index(f'{section}:') + 1
+    end = next((i for i in range(start, len(lines)) if lines[i][:1].strip() and lines[i][0] != '#'), len(lines))
+    return lines[start:end]
+
+
+def _rule(key: str, annotation: re.Match) -> Rule:
+    if annotation['choices'] is not None:
+        return Rule(choices=tuple(c.strip() for c in annotation['choices'].split(',')))
+    if annotation['low'] is not None:
+        return Rule(low=float(annotation['low']))
+    if annotation['from'] is not None:
+        return Rule(low=float(annotation['from']), high=float(annotation['to']))
+    types = tuple(t.strip() for t in annotation['types'].split('|'))
+    unknown = set(types) - set(_TYPES)
+    if unknown:
+        raise ConfigError(f'The annotation of config key {key} names the type {sorted(unknown)[0]!r}; '
+                          f'expected {", ".join(_TYPES)}.')
+    return Rule(types=types)
 
 
 def parse_args(argv: list[str], default_sections: tuple[str, ...] = (BASE_SECTION,),
@@ -148,7 +229,7 @@ def parse_args(argv: list[str], default_sections: tuple[str, ...] = (BASE_SECTIO
 
 def coerce(key: str, value: Any, default: Any) -> Any:
     """Check `value` against the type of `default`, converting where the meaning is unambiguous."""
-    if default is None or value is None:
+    if default is None:
         return value
     expected = type(default)
     if expected is bool:

@@ -75,7 +75,7 @@ class EpisodeIndex:
             if not local.exists():
                 local.parent.mkdir(parents=True, exist_ok=True)
                 self._root.download(artifact_path, str(local.parent))
-            return load_episode(local)
+            return load_episode(local, name=f'runs:/{self.run_id}/{artifact_path}')
         except CorruptEpisodeError as e:
             log.warning('Skipping episode file: %s', e)
             self.bad.add(artifact_path)

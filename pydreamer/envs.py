@@ -45,7 +45,11 @@ ATARI_IMAGE_SIZE = 64
 ObsFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
-class UnknownEnvError(ValueError):
+class EnvError(ValueError):
+    """An environment id that cannot be used, alone or with the config's env settings."""
+
+
+class UnknownEnvError(EnvError):
     """An environment id that matches none of the accepted forms."""
 
 
@@ -57,9 +61,12 @@ def _unknown_env(env_id: str) -> UnknownEnvError:
 
 
 def env_id_list(env_id) -> list[str]:
+    if env_id is None:
+        raise EnvError('Config key env_id is not set; give --env_id <id> or a preset that sets it, '
+                       'e.g. --configs defaults minatar.')
     ids = [env_id] if isinstance(env_id, str) else list(env_id or [])
     if not ids or not all(isinstance(i, str) and i for i in ids):
-        raise ValueError(f'Config key env_id must be an env id or a list of env ids, got {env_id!r}.')
+        raise EnvError(f'Config key env_id must be an env id or a list of env ids, got {env_id!r}.')
     return ids
 
 
@@ -156,9 +163,9 @@ def _make_minatar(env_id: str, action_repeat: int) -> tuple[gymnasium.Env, ObsFn
     if not match or match[1] not in MINATAR_GAMES:
         raise _unknown_env(env_id)
     if action_repeat != 1:
-        raise ValueError(
-            f"{env_id}: action_repeat must be 1 because a MinAtar step is already one whole game "
-            f"tick with no frames to skip, got {action_repeat}.")
+        raise EnvError(
+            f"Config key env_action_repeat is {action_repeat} but {env_id} needs 1: a MinAtar step is "
+            f"already one whole game tick with no frames to skip (the minatar preset sets it).")
     with warnings.catch_warnings():
         # v0 (the full action set) is a deliberate choice, not an outdated version.
         warnings.filterwarnings('ignore', message='.*is out of date')
@@ -277,15 +284,16 @@ def _make_gymnasium(env_id: str, action_repeat: int) -> tuple[gymnasium.Env, Obs
     if env_id not in gymnasium.registry:
         raise _unknown_env(env_id)
     if action_repeat != 1:
-        raise ValueError(
-            f"{env_id}: action_repeat is only implemented for Atari, so it must be 1, got {action_repeat}.")
+        raise EnvError(
+            f"Config key env_action_repeat is {action_repeat} but {env_id} needs 1: frame skipping is "
+            f"only implemented for Atari ids.")
     env = gymnasium.make(env_id)
     if not (isinstance(env.action_space, gymnasium.spaces.Discrete) and env.action_space.start == 0):
         env.close()
-        raise ValueError(f"{env_id}: expected a Discrete action space starting at 0, got {env.action_space}.")
+        raise EnvError(f"{env_id}: expected a Discrete action space starting at 0, got {env.action_space}.")
     if not (isinstance(env.observation_space, gymnasium.spaces.Box) and len(env.observation_space.shape) == 1):
         env.close()
-        raise ValueError(f"{env_id}: expected a 1-D Box observation space, got {env.observation_space}.")
+        raise EnvError(f"{env_id}: expected a 1-D Box observation space, got {env.observation_space}.")
     return env, _vector_obs
 
 

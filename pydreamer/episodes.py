@@ -128,16 +128,18 @@ def save_episode(path: str | os.PathLike, data: Mapping[str, np.ndarray]) -> Non
         raise
 
 
-def load_episode(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read an episode file; raises CorruptEpisodeError for a truncated, corrupt or invalid one.
+def load_episode(path: str | os.PathLike, name: str | None = None) -> dict[str, np.ndarray]:
+    """Read an episode file; raises CorruptEpisodeError for a truncated, corrupt or invalid one,
+    calling the file `name` (default: its path), e.g. the artifact URI of a cached copy.
 
     A file that cannot be opened (missing, no permission) is not corruption: that OSError propagates.
     """
+    name = name or path
     with open(path, 'rb') as f:
         try:
             npz = np.load(f)
             if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise CorruptEpisodeError(f'Episode file {path} is not an npz archive.')
+                raise CorruptEpisodeError(f'Episode file {name} is not an npz archive.')
             with npz:
                 data = _from_stored({k: npz[k] for k in npz.files})
         except CorruptEpisodeError:
@@ -146,10 +148,10 @@ def load_episode(path: str | os.PathLike) -> dict[str, np.ndarray]:
             # The file opened, so any failure to decode its bytes means it is damaged; damaged
             # zips and npy headers fail in many ways (BadZipFile, zlib.error, EOFError, ValueError,
             # NotImplementedError, OSError from a bad offset, tokenize errors, ...).
-            raise CorruptEpisodeError(f'Episode file {path} cannot be read: {e!r}') from e
+            raise CorruptEpisodeError(f'Episode file {name} cannot be read: {e!r}') from e
     reason = _invalid_reason(data)
     if reason:
-        raise CorruptEpisodeError(f'Episode file {path} is invalid: {reason}.')
+        raise CorruptEpisodeError(f'Episode file {name} is invalid: {reason}.')
     return data
 
 

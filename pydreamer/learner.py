@@ -91,7 +91,7 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
         return
     batches = BatchStream(train_index, conf.batch_size, conf.batch_length, conf.reset_interval,
                           conf.allow_mid_reset, seed=conf.seed + step)
-    if step == 0:
+    if step == 0 and conf.eval_interval:  # eval_interval 0 = never, as upstream
         # before any update: for a pretrained model, its zero-shot losses on this run's data
         _evaluate(model, eval_index, conf, device, metrics_logger, step)
     state = model.init_state(conf.batch_size)
@@ -142,7 +142,7 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
                 timer_start, steps_at_timer = time.time(), step
             if step % conf.logbatch_interval == 0 or step == 1:
                 _save_dream(model, obs, conf, run_id, step, work.name)
-            if step % conf.eval_interval == 0:
+            if conf.eval_interval and step % conf.eval_interval == 0:
                 _evaluate(model, eval_index, conf, device, metrics_logger, step)
             if step % conf.save_interval == 0:
                 _save(model, optimizers, conf, checkpoints, step, work.name)
@@ -160,7 +160,7 @@ def _resume_or_prepare(model: Dreamer, optimizers, checkpoints: RunCheckpoints, 
                        run_id: str, work_dir: str) -> int:
     local = checkpoints.download(work_dir)
     if local is not None:
-        step = restore(read_checkpoint(local), model, optimizers)
+        step = restore(read_checkpoint(local, name=checkpoints.uri), model, optimizers)
         log.info('Resumed from checkpoints/latest.pt of run %s at step %d.', run_id, step)
         return step
     if spec.prepare is not None:

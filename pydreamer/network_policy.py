@@ -51,7 +51,7 @@ class NetworkPolicy:
                 local = self.checkpoints.download(tmp)
                 if local is None:
                     return
-                payload = read_checkpoint(local, mmap=True)
+                payload = read_checkpoint(local, mmap=True, name=self.checkpoints.uri)
                 if payload['step'] != self.loaded_step:
                     self.model.load_state_dict(payload['model'])
                     self.loaded_step = int(payload['step'])

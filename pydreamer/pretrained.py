@@ -69,7 +69,7 @@ def load_pretrained(conf: Config, model: torch.nn.Module) -> dict[str, str]:
     if conf.load_parts not in LOAD_PARTS:
         raise CheckpointError(f'Config key load_parts must be one of {", ".join(LOAD_PARTS)}, got {conf.load_parts!r}.')
     with tempfile.TemporaryDirectory(prefix='pydreamer-pretrained-') as tmp:
-        payload = read_checkpoint(fetch_checkpoint(conf.model_checkpoint, tmp))
+        payload = read_checkpoint(fetch_checkpoint(conf.model_checkpoint, tmp), name=conf.model_checkpoint)
     check_compatible(payload['config'], conf, conf.load_parts, conf.model_checkpoint)
     prefixes = LOAD_PARTS[conf.load_parts]
     state = {k: v for k, v in payload['model'].items() if k.startswith(prefixes)}

@@ -3,20 +3,26 @@ processes, wait, and close the run with the outcome."""
 from __future__ import annotations
 
 import logging
+import tempfile
 from typing import Callable, Mapping
 
+from pydreamer.checkpoint import RunCheckpoints, read_checkpoint
 from pydreamer.config import Config, ConfigError
 from pydreamer.envs import env_id_list, make_env
 from pydreamer.policies import make_policy
 from pydreamer.processes import Child, assign_threads, run_children
-from pydreamer.tracking import end_run, setup_tracking, start_run
+from pydreamer.tracking import end_run, get_run, setup_tracking, start_run
 
 log = logging.getLogger(__name__)
 
 
 def check_generator_config(conf: Config) -> None:
-    """Fail before any process starts when an env id is unknown, disagrees with action_dim, or
-    a data policy cannot be built for it (e.g. a missing checkpoint folder)."""
+    """Fail before any process starts when an env id is unknown, disagrees with the preset
+    (action_dim, env_action_repeat, the observation), or a data policy cannot be built for it
+    (e.g. a missing checkpoint folder)."""
+    if conf.generator_workers < 1:
+        # a learner would wait for data for ever
+        raise ConfigError('Config key generator_workers is 0, but this stage generates its data; expected at least 1.')
     for env_id in env_id_list(conf.env_id):
         env = make_env(env_id, action_repeat=conf.env_action_repeat)
         n_actions = env.action_dim
@@ -34,7 +40,7 @@ def check_generator_config(conf: Config) -> None:
 
 def check_observation(conf: Config, env_id: str, obs: dict) -> None:
     """The model the config builds must read the observation the environment gives."""
-    has_image = conf.image_encoder not in ('', 'none')
+    has_image = conf.image_encoder != 'none'
     if 'vecobs' in obs:
         size = obs['vecobs'].shape[0]
         if has_image or conf.vecobs_size != size:
@@ -42,17 +48,50 @@ def check_observation(conf: Config, env_id: str, obs: dict) -> None:
                               f'image_encoder {conf.image_encoder} and vecobs_size {conf.vecobs_size}; use '
                               f'--configs defaults vector --vecobs_size {size} --action_dim <n>.')
     if 'image' in obs:
-        size = obs['image'].shape[0]
-        if not has_image or conf.image_size != size:
-            raise ConfigError(f'{env_id} gives {size}x{size} images, but the config has image_encoder '
-                              f'{conf.image_encoder} and image_size {conf.image_size}; use the preset for it '
-                              f'(minatar for MinAtar ids, atari for Atari ids).')
+        image = obs['image']
+        categorical = image.ndim == 2  # MinAtar category indices; other images are (H, W, C)
+        if (not has_image or conf.image_size != image.shape[0] or conf.image_categorical != categorical
+                or not categorical and conf.image_channels != image.shape[2]):
+            raise ConfigError(f'{env_id} gives {"x".join(map(str, image.shape))} {"categorical " if categorical else ""}'
+                              f'images, but the config has image_encoder {conf.image_encoder}, '
+                              f'image_size {conf.image_size}, image_channels {conf.image_channels} and '
+                              f'image_categorical {str(conf.image_categorical).lower()}; use the preset for it '
+                              f'(minatar for MinAtar ids, atari for Atari ids, with --image_channels 1 for AtariGray).')
+
+
+def check_learner_config(conf: Config) -> None:
+    """The cross-key rules of the model that the learner would otherwise find after the prefill."""
+    if conf.image_loss == 'categorical' and not conf.image_categorical:
+        raise ConfigError('Config key image_loss is categorical, which needs categorical images '
+                          '(image_categorical true, as in the minatar preset); expected mse.')
+    if conf.deter_dim % conf.gru_layers:
+        raise ConfigError(f'Config key deter_dim is {conf.deter_dim}; expected a multiple of gru_layers '
+                          f'({conf.gru_layers}), which share it evenly.')
+    if conf.image_encoder == 'none' and not conf.vecobs_size:
+        raise ConfigError('Config keys image_encoder none and vecobs_size 0 leave the world model no '
+                          'observation; expected an image encoder or a vector observation size.')
+
+
+def check_resume(conf: Config) -> None:
+    """A run to resume must exist, and its checkpoint, if it has one, must read and fit this config;
+    checked before the run is reopened, so that a refused resume changes nothing in it."""
+    get_run(conf.resume_id)
+    checkpoints = RunCheckpoints(conf.resume_id)
+    with tempfile.TemporaryDirectory(prefix='pydreamer-check-') as tmp:
+        local = checkpoints.download(tmp)
+        if local is None:
+            return
+        payload = read_checkpoint(local, name=checkpoints.uri)
+    from pydreamer.pretrained import check_compatible  # imports torch: only for a run that has a checkpoint
+    check_compatible(payload['config'], conf, 'all', checkpoints.uri)
 
 
 def run_stage(conf: Config, stage: str, children: Callable[[str], list[Child]],
               tags: Mapping[str, str] | None = None) -> int:
     """Run the stage's processes inside a new (or resumed) mlflow run; returns the exit code."""
     uri = setup_tracking()
+    if conf.resume_id:
+        check_resume(conf)
     run_id = start_run(conf, stage, tags)
     log.info('Tracking store: %s', uri)
     procs = children(run_id)

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from pydreamer.config import Config, ConfigError
+from pydreamer.config import Config
 from pydreamer.lean_imports import hidden_modules
 
 with hidden_modules('pandas', 'pyarrow', 'scipy'):  # loaded by mlflow for dataset and model features not used here
@@ -74,8 +74,6 @@ def start_run(conf: Config, stage: str, tags: Mapping[str, str] | None = None) -
     else:
         experiment = c.get_experiment_by_name(conf.experiment)
         experiment_id = experiment.experiment_id if experiment else c.create_experiment(conf.experiment)
-        if conf.run_tags is not None and not isinstance(conf.run_tags, dict):
-            raise ConfigError(f'Config key run_tags must be a map of tag names to values, got {conf.run_tags!r}.')
         extra = {str(k): str(v) for k, v in (conf.run_tags or {}).items()}
         run = c.create_run(experiment_id, run_name=conf.run_name or None,
                            tags={'stage': stage, **extra, **(tags or {})})

@@ -4,7 +4,8 @@ import sys
 import pytest
 import yaml
 
-from pydreamer.config import DEFAULTS_FILE, PROJECT_ROOT, ConfigError, build_config, load_sections, parse_args
+from pydreamer.config import (DEFAULTS_FILE, PROJECT_ROOT, ConfigError, Rule, build_config, load_rules, load_sections,
+                              parse_args)
 
 
 def test_sections_merge_left_to_right():
@@ -63,12 +64,65 @@ def test_inline_equals_form():
     assert parse_args(['--n_steps=5']).n_steps == 5
 
 
-def test_empty_default_accepts_any_yaml_value():
+def test_empty_default_takes_its_declared_types():
     conf = parse_args(['--env_id', '[MinAtar/Breakout-v0, MinAtar/Seaquest-v0]'])
     assert conf.env_id == ['MinAtar/Breakout-v0', 'MinAtar/Seaquest-v0']
-    conf = parse_args(['--env_id', '{MinAtar/Breakout-v0: some/folder}'])
-    assert conf.env_id == {'MinAtar/Breakout-v0': 'some/folder'}
     assert parse_args(['--env_id', 'MinAtar/Breakout-v0']).env_id == 'MinAtar/Breakout-v0'
+    assert parse_args(['--dqn_dir', '{MinAtar/Breakout-v0: some/folder}']).dqn_dir == {'MinAtar/Breakout-v0': 'some/folder'}
+    with pytest.raises(ConfigError, match=r"Config key env_id is \{'MinAtar/Breakout-v0': 'some/folder'\}; "
+                                          r"expected a string or a list\."):
+        parse_args(['--env_id', '{MinAtar/Breakout-v0: some/folder}'])
+
+
+def test_every_empty_default_declares_its_type():
+    rules = load_rules()
+    untyped = [key for key, value in load_sections()['defaults'].items() if value is None and not rules[key].types]
+    assert not untyped
+
+
+@pytest.mark.parametrize('key,raw,expected', [
+    ('clip_rewards', 'clip', "Config key clip_rewards is 'clip'; expected one of none, tanh, log1p, sign."),
+    ('n_steps', '-5', 'Config key n_steps is -5; expected at least 0.'),
+    ('split_fraction', '1.5', 'Config key split_fraction is 1.5; expected between 0 and 1.'),
+    ('run_tags', '[a, b]', "Config key run_tags is ['a', 'b']; expected a map."),
+    ('n_steps', 'null', "Bad value None for config key 'n_steps': expected an int."),
+])
+def test_annotated_rules_refuse_a_value_with_one_sentence(key, raw, expected):
+    with pytest.raises(ConfigError) as e:
+        parse_args([f'--{key}', raw])
+    assert str(e.value) == expected
+
+
+def test_replace_checks_the_rules_too():
+    with pytest.raises(ConfigError, match='Config key save_interval is 0; expected at least 1.'):
+        build_config(['defaults']).replace(save_interval=0)
+
+
+def test_annotations_are_parsed_from_the_defaults_comments(tmp_path):
+    path = tmp_path / 'defaults.yaml'
+    path.write_text('defaults:\n'
+                    '  mode: a        # {a, b} the mode\n'
+                    '  count: 3       # >= 1: how many\n'
+                    '  share: 0.5     # 0..1\n'
+                    '  folders:       # <map | list> where\n'
+                    '  plain: 2       # no annotation, >= 5 later in the comment\n'
+                    'other:\n'
+                    '  mode: b        # {c} a comment outside defaults declares nothing\n')
+    assert load_rules(path) == {'mode': Rule(choices=('a', 'b')), 'count': Rule(low=1), 'share': Rule(low=0, high=1),
+                                'folders': Rule(types=('map', 'list'))}
+    assert build_config(['defaults', 'other'], path=path).mode == 'b'
+
+
+def test_declared_choices_are_the_ones_the_code_implements():
+    from pydreamer.models.decoders import IMAGE_LOSSES
+    from pydreamer.models.rssm import GRUStack
+    from pydreamer.policies import POLICY_NAMES
+    from pydreamer.pretrained import LOAD_PARTS
+    rules = load_rules()
+    assert rules['image_loss'].choices == IMAGE_LOSSES
+    assert set(rules['gru_type'].choices) == set(GRUStack.CELLS)
+    assert rules['policy_main'].choices == rules['generator_prefill_policy'].choices == POLICY_NAMES
+    assert set(rules['load_parts'].choices) == set(LOAD_PARTS)
 
 
 def test_unknown_key_names_closest_known_key():

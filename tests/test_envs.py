@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pydreamer.envs import (
-    MINATAR_CATEGORIES, STORED_KEYS, UnknownEnvError, first_row, make_env, minatar_image, next_row)
+    EnvError, MINATAR_CATEGORIES, STORED_KEYS, UnknownEnvError, first_row, make_env, minatar_image, next_row)
 
 MINATAR = {  # game: (channels, size of the minimal action set)
     'Asterix': (4, 5),
@@ -284,7 +284,7 @@ def test_unknown_env_id(env_id):
 
 
 def test_minatar_refuses_action_repeat():
-    with pytest.raises(ValueError, match='action_repeat must be 1'):
+    with pytest.raises(EnvError, match='env_action_repeat is 4 but MinAtar/Breakout-v0 needs 1'):
         make_env('MinAtar/Breakout-v0', action_repeat=4)
 
 
