@@ -73,8 +73,10 @@ class NetworkPolicy:
         return True
 
     def wait_for_learner(self, stored_steps: int, ratio: float, poll_seconds: float = 2.0) -> None:
-        """Pause while the run holds more than `ratio` stored steps per learner step."""
-        while self.loaded_step is not None and stored_steps > ratio * max(1, self.loaded_step):
+        """Pause while the run holds more than `ratio` stored steps per learner step (not after a stop
+        request: a generator whose learner died would otherwise wait for ever)."""
+        while (self.loaded_step is not None and stored_steps > ratio * max(1, self.loaded_step)
+               and not stop_requested()):
             time.sleep(poll_seconds)
             self._maybe_reload(force=True)
 

@@ -1,6 +1,7 @@
 """End-to-end: launch.py with generators and a learner, on the real `debug` config section."""
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -65,9 +66,11 @@ def test_debug_run_trains_and_generates_with_the_network_policy(mlflow_local, tm
     assert 0 < float(wall_rows[-1]['x']) < 10  # minutes since the first episode of this short run
 
 
-def test_killed_learner_resumes_from_its_checkpoint(mlflow_local, tmp_path):
-    proc = subprocess.Popen(LAUNCH + ['--n_steps', '100000', '--save_interval', '5'], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def test_killed_learner_stops_the_rate_limited_job_and_resumes_from_its_checkpoint(mlflow_local, tmp_path):
+    log_path = tmp_path / 'launch.log'
+    with open(log_path, 'w') as log_file:
+        proc = subprocess.Popen(LAUNCH + ['--n_steps', '100000', '--save_interval', '5', '--limit_step_ratio', '5'],
+                                cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 300  # generous: the three processes start slowly on a busy 2-core machine
         step = None
@@ -78,9 +81,19 @@ def test_killed_learner_resumes_from_its_checkpoint(mlflow_local, tmp_path):
             if runs:
                 step = _checkpoint_step(runs[0].info.run_id, tmp_path)
         assert step, 'no checkpoint appeared within 300 s'
+        learner_pid = int(re.search(r'Started learner \(pid (\d+)', log_path.read_text())[1])
+        os.kill(learner_pid, signal.SIGKILL)
+        assert proc.wait(timeout=120) == 1
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    log = log_path.read_text()
+    assert 'did not stop' not in log  # the generator paused by the rate limit stopped when asked
+    stored = int(re.search(r'Worker 0 stored (\d+) steps', log)[1])
+    policy_step = max(map(int, re.findall(r'loaded the checkpoint of learner step (\d+)', log)))
+    # at most 5 stored steps per learner step after the 300-step prefill, plus the episode that crossed the limit
+    assert stored <= max(300, 5 * policy_step) + 200, (stored, policy_step)
     run_id = _only_run().info.run_id
     step = _checkpoint_step(run_id, tmp_path)
     out = _launch(['--resume_id', run_id, '--n_steps', str(step + 10)], tmp_path)
