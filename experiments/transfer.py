@@ -56,10 +56,12 @@ SCALES = {
     'tiny': Scale((2_500, 5_000), 20_000, 5_000, 200, 120, 3_000, ('defaults', 'minatar'),
                   ('--batch_size', '16', '--batch_length', '32', '--log_interval', '10',
                    '--logbatch_interval', '60', '--save_interval', '60', '--eval_interval', '100')),
-    # sized for a 2-core CPU (~2.5 h with 3 seeds; minatar_cpu at cnn_depth 16 for ~0.6 s per arm step)
+    # sized for a 2-core CPU (~2.5 h with 3 seeds): minatar_cpu at cnn_depth 16, and arms whose
+    # generator is rate-limited to 20 stored steps per learner step, so the learner has both cores
     'cpu': Scale((25_000, 50_000, 100_000), 150_000, 15_000, 1_500, 1_000, 10_000,
                  ('defaults', 'minatar', 'minatar_cpu'),
-                 ('--cnn_depth', '16', '--log_interval', '25', '--save_interval', '100', '--eval_interval', '100')),
+                 ('--cnn_depth', '16', '--log_interval', '25', '--save_interval', '100', '--eval_interval', '100',
+                  '--limit_step_ratio', '20')),
     'small': Scale((25_000, 50_000, 100_000, 200_000, 400_000), 400_000, 50_000, 5_000, 2_000, 20_000,
                    ('defaults', 'minatar'), ('--log_interval', '50', '--save_interval', '250', '--eval_interval', '500')),
     'paper': Scale((25_000, 50_000, 100_000, 200_000, 400_000, 800_000, 1_600_000), 10_000_000, 100_000,
