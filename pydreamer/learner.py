@@ -21,7 +21,7 @@ from tqdm import tqdm
 from pydreamer.checkpoint import RunCheckpoints, read_checkpoint, restore, save_checkpoint
 from pydreamer.config import Config
 from pydreamer.data import BatchStream, EpisodeIndex
-from pydreamer.dreams import dream_strip
+from pydreamer.dreams import DreamLogger, data_env_ids
 from pydreamer.image_stats import ImageFloor, changed_pixels, object_pixels, pixel_accuracy
 from pydreamer.models.dreamer import Dreamer
 from pydreamer.preprocess import preprocess
@@ -94,6 +94,7 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
     if step == 0 and conf.eval_interval:  # eval_interval 0 = never, as upstream
         # before any update: for a pretrained model, its zero-shot losses on this run's data
         _evaluate(model, eval_index, conf, device, metrics_logger, step)
+    dreams = DreamLogger(conf, run_id, data_env_ids(conf, data_run, run_id), work.name)
     state = model.init_state(conf.batch_size)
     floor = ImageFloor()
     sums: dict[str, float] = defaultdict(float)
@@ -141,7 +142,7 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
                 counts.clear()
                 timer_start, steps_at_timer = time.time(), step
             if step % conf.logbatch_interval == 0 or step == 1:
-                _save_dream(model, obs, conf, run_id, step, work.name)
+                dreams.log(model, obs, step)
             if conf.eval_interval and step % conf.eval_interval == 0:
                 _evaluate(model, eval_index, conf, device, metrics_logger, step)
             if step % conf.save_interval == 0:
@@ -243,23 +244,3 @@ def _evaluate(model: Dreamer, index: EpisodeIndex, conf: Config, device, metrics
     values = {f'eval/{k}': v for k, v in sums.items()}
     values.update({f'eval/image_acc_{name}': c / max(1, n) for name, (c, n) in hits.items()})
     metrics_logger.log(values, step)
-
-
-def _save_dream(model: Dreamer, obs: dict, conf: Config, run_id: str, step: int, work_dir: str) -> None:
-    """Real frames above the model's open-loop dream for two sequences of the batch."""
-    if 'image' not in obs:
-        return
-    n = min(2, conf.batch_size)
-    T = obs['image'].shape[0]
-    context = max(1, T // 4)
-    sub = {k: v[:, :n] for k, v in obs.items()}
-    dream = model.dream(sub, model.init_state(n), context=context)
-    rows = []
-    for b in range(n):
-        rows.append(obs['image'][:, b].float().cpu().numpy())                     # (T, C, H, W)
-        rows.append(dream['image_pred'][:, b].float().cpu().numpy())
-    scale = max(1, 64 // obs['image'].shape[-1])
-    path = Path(work_dir) / f'dream_{step:07d}.png'
-    dream_strip(rows, conf.image_categorical, scale=scale).save(path)
-    client().log_artifact(run_id, str(path), 'dreams')
-    path.unlink()
