@@ -14,6 +14,12 @@ by `dqn.policy.DQNPolicy`) and `scores.csv` (evaluation return of each checkpoin
 and of a uniformly random policy measured with the same code). Files are written atomically and never
 overwritten: a game whose final checkpoint exists is skipped; a game whose run was interrupted is
 trained again from scratch and only the missing checkpoints are written.
+
+The stage is an mlflow run (tag stage: dqn) with the flags as params; each checkpoint's evaluation
+as `eval/<game>/return` (and `_std`) at its environment step, the random policy's as
+`eval/<game>/return_random`; training progress as `agent/<game>/return` and `train/<game>/loss`;
+and the files of each game folder (also those kept from an earlier run) as artifacts `<game>/...`,
+so that `dqn_dir` can name `runs:/<run_id>/<game>` instead of the local folder.
 """
 from __future__ import annotations
 
@@ -43,6 +49,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from dqn.networks import ARCHITECTURES, build_q_network
 from dqn.policy import N_ACTIONS, DQNPolicy
+from pydreamer.cli import run_cli
+from pydreamer.config import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 GAMES = ('asterix', 'breakout', 'freeway', 'seaquest', 'space_invaders')
@@ -81,7 +89,9 @@ class TrainConfig:
     eval_episodes: int = _flag(10, 'evaluation episodes at each checkpoint')
     eval_epsilon: float = _flag(0.01, 'ε of the evaluation policy (DQNPolicy\'s default); sticky actions stay on')
     eval_max_steps: int = _flag(27_000, 'an evaluation episode is cut after this many steps')
-    log_interval: int = _flag(25_000, 'steps between progress log lines')
+    log_interval: int = _flag(25_000, 'steps between progress log lines (and train/agent metrics)')
+    experiment: str = _flag('pydreamer', 'mlflow experiment of the stage\'s run')
+    run_name: str = _flag('', 'mlflow run name (default dqn-<games>)')
 
 
 def game_module(name: str) -> str:
@@ -89,7 +99,7 @@ def game_module(name: str) -> str:
     base = re.sub(r'-v\d+$', '', name.removeprefix('MinAtar/'))
     module = re.sub(r'(?<=[a-z])(?=[A-Z])', '_', base).lower().replace('-', '_')
     if module not in GAMES:
-        raise ValueError(f'Unknown MinAtar game {name!r}; expected one of {", ".join(GAMES)}.')
+        raise ConfigError(f'Unknown MinAtar game {name!r}; expected one of {", ".join(GAMES)}.')
     return module
 
 
@@ -100,11 +110,11 @@ def output_root(config: TrainConfig) -> Path:
 def check_config(config: TrainConfig) -> None:
     steps = config.checkpoint_steps
     if not steps or any(s <= 0 for s in steps) or list(steps) != sorted(set(steps)):
-        raise ValueError(f'checkpoint_steps must be increasing positive step counts, got {list(steps)}.')
+        raise ConfigError(f'checkpoint_steps must be increasing positive step counts, got {list(steps)}.')
     if config.arch not in ARCHITECTURES:
-        raise ValueError(f'Unknown arch {config.arch!r}; expected one of {sorted(ARCHITECTURES)}.')
+        raise ConfigError(f'Unknown arch {config.arch!r}; expected one of {sorted(ARCHITECTURES)}.')
     if config.batch_size > config.replay_start:
-        raise ValueError(f'replay_start ({config.replay_start}) must be at least batch_size ({config.batch_size}).')
+        raise ConfigError(f'replay_start ({config.replay_start}) must be at least batch_size ({config.batch_size}).')
 
 
 class ReplayBuffer:
@@ -220,13 +230,53 @@ class ScoreTable:
             writer.writerows(sorted(self.rows.values(), key=lambda row: int(row['step'])))
 
 
-def train_game(game: str, config: TrainConfig, game_dir: Path) -> list[Path]:
+class StageRun:
+    """The stage's mlflow run: the flags as params, evaluations and progress as metrics, the game
+    folders' files as artifacts `<game>/<file>` (module docstring)."""
+
+    def __init__(self, config: TrainConfig, games: list[str]):
+        from pydreamer.artifacts import ArtifactFolder
+        from pydreamer.tracking import MetricsLogger, client, log_params
+        c = client()
+        experiment = c.get_experiment_by_name(config.experiment)
+        experiment_id = experiment.experiment_id if experiment else c.create_experiment(config.experiment)
+        run = c.create_run(experiment_id, run_name=config.run_name or f'dqn-{"-".join(games)}',
+                           tags={'stage': 'dqn', 'dqn_out': str(output_root(config))})
+        self.run_id = run.info.run_id
+        log_params(self.run_id, dataclasses.asdict(config))
+        self.metrics = MetricsLogger(self.run_id)
+        self.folder = ArtifactFolder(self.run_id)
+        logger.info('mlflow run %s (%s).', self.run_id, run.info.run_name)
+
+    def publish(self, game: str, scores: ScoreTable, policy: str) -> None:
+        """Log the evaluation of `policy` ('random' or a checkpoint's file name) when scores.csv has
+        one, and upload the checkpoint and scores.csv."""
+        row = scores.rows.get(policy)
+        if row and policy == 'random':
+            self.metrics.log({f'eval/{game}/return_random': float(row['eval_return'])}, 0)
+        elif row:
+            self.metrics.log({f'eval/{game}/return': float(row['eval_return']),
+                              f'eval/{game}/return_std': float(row['eval_std'])}, int(row['step']))
+        if policy != 'random':
+            self.folder.upload_file(scores.path.parent / policy, game)
+        self.folder.upload_file(scores.path, game)
+
+    def end(self, status: str) -> None:
+        from pydreamer.tracking import end_run
+        end_run(self.run_id, status)
+
+
+def train_game(game: str, config: TrainConfig, game_dir: Path, run: StageRun | None = None) -> list[Path]:
     """Train one agent on `game`, saving `model_<step>.pt` at each checkpoint step; returns their paths."""
     prefix = f'[dqn {game}]'
     steps = config.checkpoint_steps
     paths = {step: game_dir / f'model_{step}.pt' for step in steps}
     if paths[steps[-1]].exists():
         logger.info('%s final checkpoint %s exists; skipping this game.', prefix, paths[steps[-1]])
+        if run:
+            scores = ScoreTable(game_dir / 'scores.csv')
+            for policy in ['random'] + [p.name for p in paths.values() if p.exists()]:
+                run.publish(game, scores, policy)
         return list(paths.values())
     kept = [p.name for p in paths.values() if p.exists()]
     if kept:
@@ -240,6 +290,8 @@ def train_game(game: str, config: TrainConfig, game_dir: Path) -> list[Path]:
         scores.add(0, 'random', returns)
         logger.info('%s random policy: eval return %.2f ± %.2f over %d episodes', prefix,
                     np.mean(returns), np.std(returns), len(returns))
+    if run:
+        run.publish(game, scores, 'random')
 
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -290,11 +342,17 @@ def train_game(game: str, config: TrainConfig, game_dir: Path) -> list[Path]:
             recent = np.mean(recent_returns) if recent_returns else float('nan')
             bar.set_postfix(ret=f'{recent:.2f}', eps=f'{epsilon:.2f}', refresh=False)
             loss_text = f'{np.mean(recent_losses):.4f}' if recent_losses else '- (learning not started)'
+            fps = (step - last_log_step) / (time.time() - last_log_time)
             logger.info('%s step %d: return %.2f (last %d episodes), loss %s, ε %.2f, %.0f steps/s',
-                        prefix, step, recent, len(recent_returns), loss_text, epsilon,
-                        (step - last_log_step) / (time.time() - last_log_time))
+                        prefix, step, recent, len(recent_returns), loss_text, epsilon, fps)
+            if run:
+                run.metrics.log({f'agent/{game}/return': recent, f'agent/{game}/epsilon': epsilon,
+                                 f'train/{game}/loss': np.mean(recent_losses) if recent_losses else None,
+                                 f'train/{game}/fps': fps}, step)  # None and nan are not sent
             if step in paths:
                 save_checkpoint(q_net, paths[step], step, game, config, scores, eval_seed, prefix)
+                if run:
+                    run.publish(game, scores, paths[step].name)
             last_log_step, last_log_time = step, time.time()  # evaluation time is not training speed
     bar.close()
     logger.info('%s done: %d steps in %.0f s.', prefix, steps[-1], time.time() - start)
@@ -315,15 +373,16 @@ def save_checkpoint(q_net: torch.nn.Module, path: Path, step: int, game: str, co
                 np.mean(returns), np.std(returns), len(returns), config.eval_epsilon)
 
 
-def train(config: TrainConfig) -> list[Path]:
-    """Train every game of the config in turn; returns all checkpoint paths of the schedule, game by game."""
+def train(config: TrainConfig, run: StageRun | None = None) -> list[Path]:
+    """Train every game of the config in turn (recording into `run` when given); returns all
+    checkpoint paths of the schedule, game by game."""
     check_config(config)
     games = [game_module(name) for name in config.games]
     torch.set_num_threads(config.threads)
     root = output_root(config)
     paths = []
     for game in games:
-        paths.extend(train_game(game, config, root / game))
+        paths.extend(train_game(game, config, root / game, run))
     return paths
 
 
@@ -340,12 +399,25 @@ def parse_args(argv: list[str]) -> TrainConfig:
     return TrainConfig(**{key: tuple(v) if isinstance(v, list) else v for key, v in args.items()})
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
+    """The stage as one mlflow run; a bad flag stops it before the run is created."""
+    from pydreamer.tracking import setup_tracking
     config = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s', datefmt='%H:%M:%S')
-    with logging_redirect_tqdm():
-        train(config)
+    check_config(config)
+    setup_tracking()
+    run = StageRun(config, [game_module(name) for name in config.games])
+    status = 'FAILED'
+    try:
+        with logging_redirect_tqdm():
+            train(config, run)
+        status = 'FINISHED'
+    except KeyboardInterrupt:
+        status = 'KILLED'
+        raise
+    finally:
+        run.end(status)
+    return 0
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    sys.exit(run_cli(main, 'dqn'))

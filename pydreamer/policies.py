@@ -7,7 +7,10 @@ which check the policies of a config before starting anything, stay light.
 """
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -25,15 +28,43 @@ class RandomPolicy:
         return int(self.rng.integers(self.action_dim)), {}
 
 
-def checkpoint_folder(conf: Config, key: str, env_id: str) -> Path:
-    """The checkpoint folder that the map in config key `key` gives for `env_id` (relative paths
-    are taken from the project root, where `dqn/train_agents.py` writes)."""
+def checkpoint_folder(conf: Config, key: str, env_id: str) -> str:
+    """The checkpoint folder that the map in config key `key` gives for `env_id`: an mlflow
+    artifact URI as it is, a relative path taken from the project root (where
+    `dqn/train_agents.py` writes by default)."""
     folders = getattr(conf, key)
     if not isinstance(folders, dict) or env_id not in folders:
         known = ', '.join(folders) if isinstance(folders, dict) else 'nothing'
         raise ValueError(f'Config key {key} must map {env_id} to a checkpoint folder; it maps {known}.')
-    path = Path(folders[env_id])
-    return path if path.is_absolute() else PROJECT_ROOT / path
+    ref = str(folders[env_id])
+    return ref if is_artifact_uri(ref) or Path(ref).is_absolute() else str(PROJECT_ROOT / ref)
+
+
+def is_artifact_uri(ref: str) -> bool:
+    return ref.startswith('runs:/')
+
+
+@contextlib.contextmanager
+def local_reference(ref: str) -> Iterator[Path]:
+    """A local path for `ref`: the path itself, or for an artifact of an mlflow run
+    (`runs:/<run_id>/<path>`, a file or a folder) a download of it that lasts as long as the block."""
+    if not is_artifact_uri(ref):
+        yield Path(ref).expanduser()
+        return
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    from pydreamer import artifacts  # noqa: F401 -- quiets mlflow's per-file progress bars
+    from pydreamer.checkpoint import CheckpointError
+    from pydreamer.tracking import get_run
+    run_id, _, artifact_path = ref.removeprefix('runs:/').partition('/')
+    get_run(run_id)  # an unknown run is one sentence, not mlflow's message
+    with tempfile.TemporaryDirectory(prefix='pydreamer-artifact-') as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=tmp)
+        except MlflowException:
+            raise CheckpointError(f'Run {run_id} has no artifact {artifact_path or "/"} ({ref}).') from None
+        yield Path(local)
 
 
 def make_policy(name: str, conf: Config, run_id: str, env_id: str, action_dim: int, seed: int):
@@ -41,7 +72,9 @@ def make_policy(name: str, conf: Config, run_id: str, env_id: str, action_dim: i
         return RandomPolicy(action_dim, seed)
     if name == 'dqn':
         from dqn.policy import DQNPolicy
-        return DQNPolicy(checkpoint_folder(conf, 'dqn_dir', env_id), n_actions=action_dim, seed=seed)
+        # the policy holds every network in memory, so a downloaded folder may go after this
+        with local_reference(checkpoint_folder(conf, 'dqn_dir', env_id)) as folder:
+            return DQNPolicy(folder, n_actions=action_dim, seed=seed)
     if name == 'atari_net':
         from atari_net import AtariNetPolicy, ale_game_name
         return AtariNetPolicy(checkpoint_folder(conf, 'atari_net_dir', env_id), ale_game_name(env_id), seed=seed)

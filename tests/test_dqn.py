@@ -1,5 +1,8 @@
 """Tests of the dqn package with real torch and MinAtar: networks, checkpoint loading, policy, training."""
+import csv
+import filecmp
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -15,6 +18,11 @@ from dqn.networks import CheckpointError, ConvQNetwork, MLPQNetwork, checkpoint_
 from dqn.policy import DQNPolicy
 from dqn.train_agents import (PROJECT_ROOT, ReplayBuffer, TrainConfig, game_module, make_optimizer, main,
                               td_loss, td_target, train)
+from pydreamer import tracking
+from pydreamer.checkpoint import CheckpointError as RunCheckpointError
+from pydreamer.cli import run_cli
+from pydreamer.config import build_config
+from pydreamer.policies import make_policy
 
 torch.set_num_threads(1)
 
@@ -237,11 +245,44 @@ def test_training_writes_loadable_checkpoints_and_never_overwrites_them(tmp_path
     assert retrained.keys() == deleted.keys() and all(torch.equal(retrained[k], deleted[k]) for k in deleted)
 
 
-def test_main_parses_flags_and_trains_the_mlp(tmp_path):
-    main(['--games', 'freeway', '--checkpoint-steps', '400', '--replay-start', '200', '--replay-size', '1_000',
-          '--arch', 'mlp', '--eval-episodes', '1', '--out', str(tmp_path)])
-    net = load_q_network(tmp_path / 'freeway' / 'model_400.pt', 7, 6)
+def test_main_trains_the_mlp_as_an_mlflow_run_whose_artifacts_dqn_dir_can_name(mlflow_local, tmp_path):
+    assert main(['--games', 'freeway', '--checkpoint-steps', '400', '--replay-start', '200', '--replay-size', '1_000',
+                 '--arch', 'mlp', '--eval-episodes', '1', '--out', str(tmp_path / 'agents'),
+                 '--log-interval', '200', '--run-name', 'agents']) == 0
+    local = tmp_path / 'agents' / 'freeway'
+    net = load_q_network(local / 'model_400.pt', 7, 6)
     assert isinstance(net, MLPQNetwork)
+    c = tracking.client()
+    [run] = c.search_runs([e.experiment_id for e in c.search_experiments()])
+    run_id = run.info.run_id
+    assert (run.info.status, run.info.run_name, run.data.tags['stage']) == ('FINISHED', 'agents', 'dqn')
+    assert run.data.params['arch'] == 'mlp' and run.data.params['checkpoint_steps'] == '(400,)'
+    scores = {row['policy']: row for row in csv.DictReader(open(local / 'scores.csv'))}
+    [evaluated] = c.get_metric_history(run_id, 'eval/freeway/return')
+    assert (evaluated.step, evaluated.value) == (400, float(scores['model_400.pt']['eval_return']))
+    assert run.data.metrics['eval/freeway/return_random'] == float(scores['random']['eval_return'])
+    assert [m.step for m in c.get_metric_history(run_id, 'train/freeway/loss')] == [400]  # learning starts at 200
+    artifacts = c.download_artifacts(run_id, 'freeway', str(tmp_path / 'dl'))
+    assert sorted(os.listdir(artifacts)) == ['model_400.pt', 'scores.csv']
+    assert all(filecmp.cmp(f'{artifacts}/{name}', local / name, shallow=False) for name in os.listdir(artifacts))
+
+    conf = build_config(['defaults', 'minatar']).replace(dqn_dir={'MinAtar/Freeway-v0': f'runs:/{run_id}/freeway'})
+    policy = make_policy('dqn', conf, '', 'MinAtar/Freeway-v0', 6, seed=0)
+    loaded, saved = policy.networks[0].state_dict(), torch.load(local / 'model_400.pt', weights_only=True)
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    conf = conf.replace(dqn_dir={'MinAtar/Freeway-v0': f'runs:/{run_id}/pong'})
+    with pytest.raises(RunCheckpointError, match=f'Run {run_id} has no artifact pong'):
+        make_policy('dqn', conf, '', 'MinAtar/Freeway-v0', 6, seed=0)
+
+
+def test_a_bad_flag_is_one_sentence_and_starts_no_run(mlflow_local, capsys, monkeypatch):
+    root = logging.getLogger()  # run_cli configures logging for a script's process
+    monkeypatch.setattr(root, 'handlers', root.handlers[:])
+    monkeypatch.setattr(root, 'level', root.level)
+    assert run_cli(main, 'dqn', ['--games', 'pong']) == 2
+    assert "error: Unknown MinAtar game 'pong'" in capsys.readouterr().err
+    c = tracking.client()
+    assert not c.search_runs([e.experiment_id for e in c.search_experiments()])
 
 
 def test_script_runs_from_the_project_root():
