@@ -10,11 +10,13 @@ observation; otherwise one sentence names both.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -150,22 +152,30 @@ class AtariNetSource:
         return AtariNetPolicy(self.folder, ale_game_name(env.env_id), epsilon=0.0 if greedy else 0.001, seed=seed)
 
 
+@contextlib.contextmanager
+def agent_errors() -> Iterator[None]:
+    """The dqn and atari_net loaders' errors (sentences that name the file) as CheckpointError, which
+    the launcher reports as one sentence."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (ValueError, OSError) as e:
+        raise CheckpointError(str(e)) from None
+
+
 def read_source(path: Path, name: str):
     """The agent at a local path: a Dreamer checkpoint file, a DQN file or folder, or a DQN_modern folder."""
     if not path.exists():
         raise CheckpointError(f'Agent {name} does not exist; expected a Dreamer checkpoint, a DQN folder or '
                               f'a DQN_modern folder.')
-    try:
+    with agent_errors():
         if path.is_file():
             return DQNSource(path, name) if DQN_FILE.fullmatch(path.name) else DreamerSource(path, name)
         if any(path.glob('model_*.pt')):
             return DQNSource(path, name)
         if any(path.rglob('model_*.gz')):
             return AtariNetSource(path, name)
-    except (ValueError, OSError) as e:  # the dqn and atari_net loaders' sentences name the file
-        if isinstance(e, CheckpointError):
-            raise
-        raise CheckpointError(str(e)) from None
     raise CheckpointError(f'Folder {name} holds neither DQN checkpoints (model_<n>.pt) nor DQN_modern '
                           f'checkpoints (model_<step:08d>.gz).')
 
@@ -233,7 +243,8 @@ def evaluate(request: Request, work_dir: str) -> tuple[str, str]:
         source.check(probe, probe.reset())
         probe.close()
         env = make_env(request.env_id, **env_args, seed=request.seed)
-        policy = source.policy(env, request.greedy, request.seed)
+        with agent_errors():  # DQN folders: the files after the first are read here
+            policy = source.policy(env, request.greedy, request.seed)
     run_id, label = _start_run(request, source)
     try:
         episodes = play(policy, env, request.episodes, request.video_steps)

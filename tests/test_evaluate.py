@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 
 import evaluate
+from atari_net import AtariNet
+from atari_net.checkpoint import save_atari_net
 from dqn.networks import ConvQNetwork
 from pydreamer import tracking
 from pydreamer.checkpoint import RunCheckpoints, read_checkpoint, save_checkpoint
@@ -121,6 +123,19 @@ def test_a_dqn_folder_is_played_greedily(trained, capsys):
     assert run.data.tags['dqn_checkpoints'] == 'model_100.pt, model_200.pt' and 'source_run_id' not in run.data.tags
 
 
+def test_a_dqn_modern_folder_plays_atari(trained, capsys, tmp_path):
+    folder = tmp_path / 'Pong'
+    save_atari_net(AtariNet(6), folder / '0', 1_000_000)  # Pong's 6 minimal actions
+    code, out, err = _evaluate(capsys, '--checkpoint', str(folder), '--env_id', 'Atari-Pong', '--episodes', '1',
+                               '--time_limit', '20')
+    assert code == 0, err
+    assert '| 1 |' in out and '| 20.0 ± 0.0 |' in out  # cut by the time limit
+    [run] = trained['new_runs']()
+    assert run.data.tags['agent'] == 'atari_net' and run.data.tags['atari_net_checkpoints'] == 'model_01000000.gz'
+    video = tracking.client().download_artifacts(run.info.run_id, 'videos/episode_0.gif', str(tmp_path / 'dl'))
+    assert Image.open(video).n_frames == 21 and Image.open(video).width >= 3 * 64
+
+
 BAD = [
     (['--checkpoint', 'nowhere.pt'], ['Agent nowhere.pt does not exist', 'Dreamer checkpoint']),
     (['--checkpoint', f'runs:/{UNKNOWN_RUN}/checkpoints/latest.pt'], [f"mlflow run '{UNKNOWN_RUN}' does not exist"]),
@@ -133,6 +148,7 @@ BAD = [
      ['{dqn} read 4 observation channels but MinAtar/Seaquest-v0 gives 10']),
     (['--checkpoint', '{dqn}', '--env_id', 'CartPole-v1'], ['{dqn} play MinAtar, but CartPole-v1 gives vectors']),
     (['--checkpoint', '{empty}'], ['{empty} holds neither DQN checkpoints']),
+    (['--checkpoint', '{dqn}/model_100.pt', '--env_id', 'MinAtar/Breakout-v1'], ['have 6 actions but MinAtar/Breakout-v1 has 3']),
     (['--checkpoint', '{uri}', '--env_id', 'MinAtar/Pong-v0'], ["Unknown environment id 'MinAtar/Pong-v0'"]),
 ]
 
