@@ -183,33 +183,44 @@ def animation(frames: DreamFrames, categorical: bool) -> tuple[list[Image.Image]
     scale = scale_for(frames.real.shape[-1])
     panels = [np.stack([to_rgb(kind[:, n], categorical) for n in range(N)], 1)  # (T, N, H, W, 3)
               for kind in (frames.real, frames.posterior, frames.dream)]
-    h, w = panels[0].shape[2] * scale, panels[0].shape[3] * scale
     games = [[_game(e) for e in step] for step in frames.env_ids]
-    label_width = max([_text_width(g) + GAP for step in games for g in step] + [0])
-    width = max(MARGIN + label_width + 3 * (w + 2 * BORDER) + 2 * GAP + MARGIN, 360)
-    legend = _legend_layout([e for step in frames.env_ids for e in step], width - MARGIN) if categorical else []
-    layout = Layout(N, (h, w), label_width, width, 1 + max([line for _, line, _ in legend], default=-1))
-    dream_title = "dream (actor's actions)" if frames.actor else 'dream'
+    layout, legend = _animation_layout(panels[0].shape[2] * scale, panels[0].shape[3] * scale, games,
+                                       [e for step in frames.env_ids for e in step] if categorical else [])
+    background = _animation_background(layout, legend, "dream (actor's actions)" if frames.actor else 'dream')
     images = []
     for t in range(T):
-        image = Image.new('RGB', (layout.width, layout.height), BACKGROUND)
+        image = background.copy()
         draw = ImageDraw.Draw(image)
         observed = t < frames.context
         _text(draw, (MARGIN, MARGIN), f't = {t + 1} / {T}: dream {"observes" if observed else "imagines"} '
                                       f'(context {frames.context})')
-        for col, title in enumerate(('real', 'posterior', dream_title)):
-            _text(draw, (layout.box(0, col)[0], MARGIN + LINE), title)
         for n in range(N):
-            _text(draw, (MARGIN, layout.box(n, 0)[1] + h // 2 - LINE // 2), games[t][n])
+            _text(draw, (MARGIN, layout.box(n, 0)[1] + layout.panel[0] // 2 - LINE // 2), games[t][n])
+            left, top, right, bottom = layout.box(n, 2)
+            draw.rectangle((left - BORDER, top - BORDER, right + BORDER - 1, bottom + BORDER - 1),
+                           fill=OBSERVED if observed else IMAGINED)
             for col, kind in enumerate(panels):
-                left, top, right, bottom = layout.box(n, col)
-                if col == 2:
-                    draw.rectangle((left - BORDER, top - BORDER, right + BORDER - 1, bottom + BORDER - 1),
-                                   fill=OBSERVED if observed else IMAGINED)
-                image.paste(Image.fromarray(enlarge(kind[t, n], scale)), (left, top))
-        _draw_legend(draw, legend, layout.box(N - 1, 0)[3] + BORDER + GAP)
+                image.paste(Image.fromarray(enlarge(kind[t, n], scale)), layout.box(n, col)[:2])
         images.append(image)
     return images, layout
+
+
+def _animation_layout(h: int, w: int, games: list[list[str]], legend_env_ids: list[str]) -> tuple[Layout, list]:
+    label_width = max([_text_width(g) + GAP for step in games for g in step] + [0])
+    width = max(MARGIN + label_width + 3 * (w + 2 * BORDER) + 2 * GAP + MARGIN, 360)
+    legend = _legend_layout(legend_env_ids, width - MARGIN)
+    lines = 1 + max([line for _, line, _ in legend], default=-1)
+    return Layout(len(games[0]), (h, w), label_width, width, lines), legend
+
+
+def _animation_background(layout: Layout, legend: list, dream_title: str) -> Image.Image:
+    """What every frame shares: the panel titles and the legend (drawn once: text is most of the cost)."""
+    image = Image.new('RGB', (layout.width, layout.height), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    for col, title in enumerate(('real', 'posterior', dream_title)):
+        _text(draw, (layout.box(0, col)[0], MARGIN + LINE), title)
+    _draw_legend(draw, legend, layout.box(layout.rows - 1, 0)[3] + BORDER + GAP)
+    return image
 
 
 def _game(env_id: str) -> str:
