@@ -104,7 +104,7 @@ class DQNSource:
         from dqn.policy import find_checkpoints
         self.name = name
         self.paths = find_checkpoints(path)
-        self.arch, self.channels, self.n_actions = checkpoint_shape(read_state_dict(self.paths[0]), name)
+        _, self.channels, self.n_actions = checkpoint_shape(read_state_dict(self.paths[0]), name)
         self.action_repeat = 1
         self.tags = {'dqn_checkpoints': ', '.join(p.name for p in self.paths)}
 
