@@ -7,6 +7,7 @@ functions that need it: launchers import this module only for CheckpointError.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
@@ -43,15 +44,21 @@ def save_checkpoint(path: Path, step: int, model: torch.nn.Module,
         'config': dict(conf),
         **(extra or {}),
     }
+    # Serialised in memory first: torch's file writer reports a full disk as "unexpected pos",
+    # while a plain write raises the OSError that says so.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
         with os.fdopen(fd, 'wb') as f:
-            torch.save(payload, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # name the file, not its temporary name
+            e.filename = str(path)
         raise
 
 

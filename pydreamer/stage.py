@@ -10,7 +10,7 @@ from pydreamer.checkpoint import RunCheckpoints, read_checkpoint
 from pydreamer.config import Config, ConfigError
 from pydreamer.envs import env_id_list, make_env
 from pydreamer.policies import make_policy
-from pydreamer.processes import Child, assign_threads, run_children
+from pydreamer.processes import USER_ERROR_EXIT, Child, assign_threads, run_children
 from pydreamer.tracking import end_run, get_run, setup_tracking, start_run
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,6 @@ def run_stage(conf: Config, stage: str, children: Callable[[str], list[Child]],
     rate_limited = conf.limit_step_ratio > 0 and conf.policy_main == 'network'
     assign_threads(procs, conf.torch_threads, others_mostly_idle=rate_limited)
     code = run_children(procs)
-    end_run(run_id, 'FINISHED' if code == 0 else 'FAILED' if code == 1 else 'KILLED')
+    end_run(run_id, 'FINISHED' if code == 0 else 'FAILED' if code in (1, USER_ERROR_EXIT) else 'KILLED')
     log.info('Run %s ended (exit code %d).', run_id, code)
     return code
