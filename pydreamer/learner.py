@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from pydreamer.checkpoint import RunCheckpoints, read_checkpoint, restore, save_checkpoint
+from pydreamer.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, RunCheckpoints, restore, save_checkpoint
 from pydreamer.config import Config
 from pydreamer.data import BatchStream, EpisodeIndex
 from pydreamer.dreams import dream_strip
@@ -99,6 +99,7 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     timer_start, steps_at_timer = time.time(), step
+    saved_step = step
     bar = tqdm(total=conf.n_steps, initial=step, desc='learner', unit='step', mininterval=2.0)
     try:
         while step < conf.n_steps and not stop_requested():
@@ -146,9 +147,10 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
                 _evaluate(model, eval_index, conf, device, metrics_logger, step)
             if step % conf.save_interval == 0:
                 _save(model, optimizers, conf, checkpoints, step, work.name)
+                saved_step = step
     finally:
         bar.close()
-        if step > 0:
+        if step > saved_step:  # not twice at one step: previous.pt would then equal latest.pt
             _save(model, optimizers, conf, checkpoints, step, work.name)
         train_index.close()
         eval_index.close()
@@ -158,10 +160,15 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
 
 def _resume_or_prepare(model: Dreamer, optimizers, checkpoints: RunCheckpoints, spec: LearnerSpec,
                        run_id: str, work_dir: str) -> int:
-    local = checkpoints.download(work_dir)
-    if local is not None:
-        step = restore(read_checkpoint(local, name=checkpoints.uri), model, optimizers)
-        log.info('Resumed from checkpoints/latest.pt of run %s at step %d.', run_id, step)
+    loaded = checkpoints.read(work_dir)
+    if loaded is not None:
+        step = restore(loaded.payload, model, optimizers)
+        if loaded.passed_over:
+            log.warning('%s; resuming run %s from %s at step %d.', loaded.passed_over, run_id, loaded.ref, step)
+        else:
+            log.info('Resumed from checkpoints/latest.pt of run %s at step %d.', run_id, step)
+        # the next save rotates work_dir/latest.pt into previous.pt: it must be the file that read
+        loaded.local.replace(Path(work_dir) / CHECKPOINT_NAME)
         return step
     if spec.prepare is not None:
         notes = spec.prepare(model)
@@ -202,9 +209,11 @@ def _wait_for_data(train: EpisodeIndex, evals: EpisodeIndex, min_train_steps: in
 
 
 def _save(model: Dreamer, optimizers, conf: Config, checkpoints: RunCheckpoints, step: int, work_dir: str) -> None:
-    path = Path(work_dir) / 'latest.pt'
-    save_checkpoint(path, step, model, optimizers, conf.to_dict())
-    checkpoints.upload(path)
+    latest, previous = Path(work_dir) / CHECKPOINT_NAME, Path(work_dir) / PREVIOUS_NAME
+    if latest.exists():  # the checkpoint this learner saved or resumed from last: known to read
+        latest.replace(previous)
+    save_checkpoint(latest, step, model, optimizers, conf.to_dict())
+    checkpoints.upload(latest, previous if previous.exists() else None)
 
 
 @torch.no_grad()
