@@ -25,7 +25,7 @@ from pydreamer.dreams import dream_strip
 from pydreamer.image_stats import ImageFloor, changed_pixels, object_pixels, pixel_accuracy
 from pydreamer.models.dreamer import Dreamer
 from pydreamer.preprocess import preprocess
-from pydreamer.processes import stop_requested
+from pydreamer.processes import StageError, stop_requested
 from pydreamer.tracking import MetricsLogger, client
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     timer_start, steps_at_timer = time.time(), step
-    saved_step = step
+    saved_step, nonfinite_in_row = step, 0
     bar = tqdm(total=conf.n_steps, initial=step, desc='learner', unit='step', mininterval=2.0)
     try:
         while step < conf.n_steps and not stop_requested():
@@ -120,6 +120,13 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
             t2 = time.time()
             step += 1
             bar.update(1)
+            if metrics['nonfinite_skipped']:
+                nonfinite_in_row += 1
+                _check_nonfinite(nonfinite_in_row, step, saved_step, conf.max_nonfinite_steps)
+                state = model.init_state(conf.batch_size)  # the carried state may be what is not finite
+                metrics = {'nonfinite_skipped': 1.0}  # the others are not finite: kept out of the averages
+            else:
+                nonfinite_in_row = 0
             for key, value in metrics.items():
                 sums[key] += float(value)
                 counts[key] += 1
@@ -145,12 +152,13 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
                 _save_dream(model, obs, conf, run_id, step, work.name)
             if conf.eval_interval and step % conf.eval_interval == 0:
                 _evaluate(model, eval_index, conf, device, metrics_logger, step)
-            if step % conf.save_interval == 0:
+            # while updates are skipped the model may be what diverged: the checkpoints stay as they are
+            if step % conf.save_interval == 0 and not nonfinite_in_row:
                 _save(model, optimizers, conf, checkpoints, step, work.name)
                 saved_step = step
     finally:
         bar.close()
-        if step > saved_step:  # not twice at one step: previous.pt would then equal latest.pt
+        if step > saved_step and not nonfinite_in_row:  # not twice at one step: previous.pt would then equal latest.pt
             _save(model, optimizers, conf, checkpoints, step, work.name)
         train_index.close()
         eval_index.close()
@@ -175,6 +183,17 @@ def _resume_or_prepare(model: Dreamer, optimizers, checkpoints: RunCheckpoints, 
         if notes:
             client().log_batch(run_id, tags=[_tag(k, v) for k, v in notes.items()])
     return 0
+
+
+def _check_nonfinite(in_row: int, step: int, saved_step: int, limit: int) -> None:
+    """Say when a run of skipped updates starts; stop the learner after `limit` of them in a row."""
+    if in_row == 1:
+        log.warning('Learner step %d: a loss or gradient is not finite, so no parameter was updated.', step)
+    if in_row >= limit:
+        kept = f'its newest checkpoint is of step {saved_step}' if saved_step else 'it has saved no checkpoint'
+        raise StageError(f'The loss or a gradient was not finite for {in_row} learner steps in a row (up to step '
+                         f'{step}, max_nonfinite_steps {limit}), so the learner stops; {kept}: lower adam_lr '
+                         f'or check the data before resuming.')
 
 
 def _tag(key: str, value: str):
