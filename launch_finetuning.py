@@ -11,10 +11,9 @@ from __future__ import annotations
 import sys
 import tempfile
 
-from pydreamer.checkpoint import read_checkpoint
 from pydreamer.cli import run_cli
 from pydreamer.config import parse_args
-from pydreamer.pretrained import check_compatible, fetch_checkpoint
+from pydreamer.pretrained import check_compatible, read_pretrained
 from pydreamer.processes import Child
 from pydreamer.stage import check_generator_config, check_learner_config, run_stage
 
@@ -25,8 +24,8 @@ def main(argv: list[str]) -> int:
     check_learner_config(conf)
     if not conf.resume_id:
         with tempfile.TemporaryDirectory(prefix='pydreamer-check-') as tmp:
-            payload = read_checkpoint(fetch_checkpoint(conf.model_checkpoint, tmp), name=conf.model_checkpoint)
-        check_compatible(payload['config'], conf, conf.load_parts, conf.model_checkpoint)
+            loaded = read_pretrained(conf.model_checkpoint, tmp)  # the learner says so if it is the previous.pt
+        check_compatible(loaded.payload['config'], conf, conf.load_parts, loaded.ref)
 
     def children(run_id: str) -> list[Child]:
         return [Child(f'generator-{w}', 'pydreamer.generator:run', (conf, run_id, w)) for w in range(conf.generator_workers)] + \

@@ -154,7 +154,9 @@ def _copy_atomically(src: str | os.PathLike, dst_dir: str, name: str) -> None:
             fout.flush()
             os.fsync(fout.fileno())
         os.replace(tmp, os.path.join(dst_dir, name))
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):  # e.g. a full disk: name the file, not its staging name
+            e.filename = os.path.join(dst_dir, name)
         raise

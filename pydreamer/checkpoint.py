@@ -1,17 +1,21 @@
 """Versioned learner checkpoints: model state, optimizer states keyed by role, step and config.
 
 A checkpoint is written to a temporary file and renamed (then uploaded as `checkpoints/latest.pt`
-of the run), so a reader never sees half a file. It carries its resolved config so a later stage
-can check that the architecture matches before loading anything. torch is imported by the two
+of the run), so a reader never sees half a file. The checkpoint saved before it stays beside it as
+`checkpoints/previous.pt`, so a latest.pt damaged after it was written (a disk error, a hand edit)
+costs one save interval instead of the run. It carries its resolved config so a later stage
+can check that the architecture matches before loading anything. torch is imported by the
 functions that need it: launchers import this module only for CheckpointError.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from pydreamer.artifacts import ArtifactFolder
 
@@ -23,10 +27,21 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = 'checkpoints'
 CHECKPOINT_NAME = 'latest.pt'
+PREVIOUS_NAME = 'previous.pt'
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
+
+
+class UnreadableCheckpoint(CheckpointError):
+    """A checkpoint file that is missing, damaged or of another format; `reason` completes the
+    sentence "Checkpoint file <name> ..." so that two of them can be told in one sentence."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f'Checkpoint file {name} {reason}.')
+        self.name = name
+        self.reason = reason
 
 
 def save_checkpoint(path: Path, step: int, model: torch.nn.Module,
@@ -43,15 +58,21 @@ def save_checkpoint(path: Path, step: int, model: torch.nn.Module,
         'config': dict(conf),
         **(extra or {}),
     }
+    # Serialised in memory first: torch's file writer reports a full disk as "unexpected pos",
+    # while a plain write raises the OSError that says so.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
         with os.fdopen(fd, 'wb') as f:
-            torch.save(payload, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # name the file, not its temporary name
+            e.filename = str(path)
         raise
 
 
@@ -64,17 +85,59 @@ def read_checkpoint(path: Path, mmap: bool = False, name: str | None = None) -> 
     path = Path(path)
     name = name or str(path)
     if not path.is_file():
-        raise CheckpointError(f'Checkpoint file {name} does not exist.')
+        raise UnreadableCheckpoint(name, 'does not exist')
     try:
         payload = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
     except Exception as e:
-        raise CheckpointError(f'Checkpoint file {name} could not be read ({type(e).__name__}: {e}).') from None
+        # the first line only: torch's unpickling errors go on for a paragraph of advice
+        first_line = (str(e).strip().splitlines() or [''])[0]
+        raise UnreadableCheckpoint(name, f'could not be read ({type(e).__name__}: {first_line})') from None
     if not isinstance(payload, dict) or 'format_version' not in payload:
-        raise CheckpointError(f'File {name} is not a pydreamer checkpoint (no format_version).')
+        raise UnreadableCheckpoint(name, 'is not a pydreamer checkpoint (no format_version)')
     if payload['format_version'] != FORMAT_VERSION:
-        raise CheckpointError(f'Checkpoint {name} has format version {payload["format_version"]}, '
-                              f'this code reads version {FORMAT_VERSION}.')
+        raise UnreadableCheckpoint(name, f'has format version {payload["format_version"]}, but this code '
+                                         f'reads version {FORMAT_VERSION}')
     return payload
+
+
+def previous_of(ref: str) -> str | None:
+    """Where the checkpoint saved before `ref` lies: beside it, when ref (a path or a URI) names a
+    latest.pt; None for any other name."""
+    head, sep, name = ref.rpartition('/')
+    return head + sep + PREVIOUS_NAME if name == CHECKPOINT_NAME else None
+
+
+@dataclass
+class LoadedCheckpoint:
+    payload: dict
+    ref: str                  # the file read: the one asked for, or the previous.pt beside it
+    local: Path               # the local copy that was read
+    passed_over: str | None   # why the file asked for was not read (a sentence without its period)
+
+
+def read_newest(ref: str, fetch: Callable[[str], Path | None], mmap: bool = False) -> LoadedCheckpoint | None:
+    """Read the checkpoint `ref`, or the previous.pt beside a latest.pt that is missing or cannot
+    be read. `fetch(ref)` gives a local copy, or None when there is no such file. Returns None
+    when neither file exists; raises UnreadableCheckpoint, naming both, when neither can be read.
+    Failures to fetch (a network error) propagate: they say nothing about the file."""
+    local = fetch(ref)
+    problem = 'does not exist'
+    if local is not None:
+        try:
+            return LoadedCheckpoint(read_checkpoint(local, mmap, name=ref), ref, local, None)
+        except UnreadableCheckpoint as e:
+            problem = e.reason
+    previous = previous_of(ref)
+    fallback = fetch(previous) if previous else None
+    if fallback is None:
+        if local is None:
+            return None
+        raise UnreadableCheckpoint(ref, f'{problem}, and there is no {previous} to fall back on' if previous else problem)
+    try:
+        payload = read_checkpoint(fallback, mmap, name=previous)
+    except UnreadableCheckpoint as e:
+        raise UnreadableCheckpoint(ref, f'{problem}, and {previous} {e.reason}') from None
+    return LoadedCheckpoint(payload, previous, fallback, f'Checkpoint file {ref} {problem}')
 
 
 def restore(payload: dict, model: torch.nn.Module, optimizers: Mapping[str, torch.optim.Optimizer]) -> int:
@@ -90,15 +153,31 @@ def restore(payload: dict, model: torch.nn.Module, optimizers: Mapping[str, torc
 
 
 class RunCheckpoints:
-    """`checkpoints/latest.pt` of one mlflow run."""
+    """`checkpoints/latest.pt` of one mlflow run, and `checkpoints/previous.pt` saved before it."""
 
     def __init__(self, run_id: str):
+        self.run_id = run_id
         self.folder = ArtifactFolder(run_id, CHECKPOINT_DIR)
         self.artifact_path = f'{CHECKPOINT_DIR}/{CHECKPOINT_NAME}'
         self.uri = f'runs:/{run_id}/{self.artifact_path}'
 
-    def upload(self, local_path: Path) -> None:
+    def upload(self, local_path: Path, previous: Path | None = None) -> None:
+        """Publish `local_path` (a file named latest.pt) as the newest checkpoint. `previous` (a
+        file named previous.pt: the checkpoint that latest.pt held, known to read) goes first, so
+        that at every moment both names hold whole files and previous.pt one older than latest.pt."""
+        if previous is not None:
+            self.folder.upload_file(str(previous), CHECKPOINT_DIR)
         self.folder.upload_file(str(local_path), CHECKPOINT_DIR)
+
+    def read(self, dst_dir: str, mmap: bool = False) -> LoadedCheckpoint | None:
+        """The newest readable checkpoint (see `read_newest`), downloaded into dst_dir; None when
+        the run has none yet."""
+        def fetch(uri: str) -> Path | None:
+            artifact_path = uri[len(f'runs:/{self.run_id}/'):]
+            if not self.folder.exists(artifact_path):
+                return None
+            return Path(self.folder.download_file(artifact_path, dst_dir))
+        return read_newest(self.uri, fetch, mmap)
 
     def download(self, dst_dir: str) -> Path | None:
         """The newest checkpoint as a local file, or None when the run has none yet.

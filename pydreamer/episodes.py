@@ -123,8 +123,10 @@ def save_episode(path: str | os.PathLike, data: Mapping[str, np.ndarray]) -> Non
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):  # e.g. a full disk: name the file, not its temporary name
+            e.filename = str(path)
         raise
 
 

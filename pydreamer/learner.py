@@ -18,14 +18,14 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from pydreamer.checkpoint import RunCheckpoints, read_checkpoint, restore, save_checkpoint
+from pydreamer.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, RunCheckpoints, restore, save_checkpoint
 from pydreamer.config import Config
 from pydreamer.data import BatchStream, EpisodeIndex
 from pydreamer.dreams import DreamLogger, data_env_ids
 from pydreamer.image_stats import ImageFloor, changed_pixels, object_pixels, pixel_accuracy
 from pydreamer.models.dreamer import Dreamer
 from pydreamer.preprocess import preprocess
-from pydreamer.processes import stop_requested
+from pydreamer.processes import StageError, stop_requested
 from pydreamer.tracking import MetricsLogger, client
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     timer_start, steps_at_timer = time.time(), step
+    saved_step, nonfinite_in_row = step, 0
     bar = tqdm(total=conf.n_steps, initial=step, desc='learner', unit='step', mininterval=2.0)
     try:
         while step < conf.n_steps and not stop_requested():
@@ -120,6 +121,13 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
             t2 = time.time()
             step += 1
             bar.update(1)
+            if metrics['nonfinite_skipped']:
+                nonfinite_in_row += 1
+                _check_nonfinite(nonfinite_in_row, step, saved_step, conf.max_nonfinite_steps)
+                state = model.init_state(conf.batch_size)  # the carried state may be what is not finite
+                metrics = {'nonfinite_skipped': 1.0}  # the others are not finite: kept out of the averages
+            else:
+                nonfinite_in_row = 0
             for key, value in metrics.items():
                 sums[key] += float(value)
                 counts[key] += 1
@@ -145,11 +153,13 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
                 dreams.log(model, obs, step)
             if conf.eval_interval and step % conf.eval_interval == 0:
                 _evaluate(model, eval_index, conf, device, metrics_logger, step)
-            if step % conf.save_interval == 0:
+            # while updates are skipped the model may be what diverged: the checkpoints stay as they are
+            if step % conf.save_interval == 0 and not nonfinite_in_row:
                 _save(model, optimizers, conf, checkpoints, step, work.name)
+                saved_step = step
     finally:
         bar.close()
-        if step > 0:
+        if step > saved_step and not nonfinite_in_row:  # not twice at one step: previous.pt would then equal latest.pt
             _save(model, optimizers, conf, checkpoints, step, work.name)
         train_index.close()
         eval_index.close()
@@ -159,16 +169,32 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
 
 def _resume_or_prepare(model: Dreamer, optimizers, checkpoints: RunCheckpoints, spec: LearnerSpec,
                        run_id: str, work_dir: str) -> int:
-    local = checkpoints.download(work_dir)
-    if local is not None:
-        step = restore(read_checkpoint(local, name=checkpoints.uri), model, optimizers)
-        log.info('Resumed from checkpoints/latest.pt of run %s at step %d.', run_id, step)
+    loaded = checkpoints.read(work_dir)
+    if loaded is not None:
+        step = restore(loaded.payload, model, optimizers)
+        if loaded.passed_over:
+            log.warning('%s; resuming run %s from %s at step %d.', loaded.passed_over, run_id, loaded.ref, step)
+        else:
+            log.info('Resumed from checkpoints/latest.pt of run %s at step %d.', run_id, step)
+        # the next save rotates work_dir/latest.pt into previous.pt: it must be the file that read
+        loaded.local.replace(Path(work_dir) / CHECKPOINT_NAME)
         return step
     if spec.prepare is not None:
         notes = spec.prepare(model)
         if notes:
             client().log_batch(run_id, tags=[_tag(k, v) for k, v in notes.items()])
     return 0
+
+
+def _check_nonfinite(in_row: int, step: int, saved_step: int, limit: int) -> None:
+    """Say when a run of skipped updates starts; stop the learner after `limit` of them in a row."""
+    if in_row == 1:
+        log.warning('Learner step %d: a loss or gradient is not finite, so no parameter was updated.', step)
+    if in_row >= limit:
+        kept = f'its newest checkpoint is of step {saved_step}' if saved_step else 'it has saved no checkpoint'
+        raise StageError(f'The loss or a gradient was not finite for {in_row} learner steps in a row (up to step '
+                         f'{step}, max_nonfinite_steps {limit}), so the learner stops; {kept}: lower adam_lr '
+                         f'or check the data before resuming.')
 
 
 def _tag(key: str, value: str):
@@ -203,9 +229,11 @@ def _wait_for_data(train: EpisodeIndex, evals: EpisodeIndex, min_train_steps: in
 
 
 def _save(model: Dreamer, optimizers, conf: Config, checkpoints: RunCheckpoints, step: int, work_dir: str) -> None:
-    path = Path(work_dir) / 'latest.pt'
-    save_checkpoint(path, step, model, optimizers, conf.to_dict())
-    checkpoints.upload(path)
+    latest, previous = Path(work_dir) / CHECKPOINT_NAME, Path(work_dir) / PREVIOUS_NAME
+    if latest.exists():  # the checkpoint this learner saved or resumed from last: known to read
+        latest.replace(previous)
+    save_checkpoint(latest, step, model, optimizers, conf.to_dict())
+    checkpoints.upload(latest, previous if previous.exists() else None)
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from pydreamer.checkpoint import CheckpointError, RunCheckpoints, read_checkpoint
+from pydreamer.checkpoint import CheckpointError, RunCheckpoints
 from pydreamer.config import Config
 from pydreamer.processes import stop_requested
 
@@ -19,8 +19,9 @@ class NetworkPolicy:
     """The Dreamer actor of the newest checkpoint of a run, reloaded every `reload_seconds`.
 
     Before the learner's first checkpoint the generator waits (`wait_for_checkpoint`) rather than
-    piling up more prefill-policy data. Only a missing checkpoint means "not yet"; a checkpoint
-    that exists but cannot be read is logged with its cause and the previous weights stay in use.
+    piling up more prefill-policy data. Only a missing checkpoint means "not yet"; a latest.pt that
+    cannot be read gives way to the previous.pt beside it, as on a learner's resume, and when
+    neither reads, that is logged with its cause and the current weights stay in use.
     With `fallback` (a policy) and `min_step`, episodes that start while the loaded checkpoint is
     from before learner step `min_step` (the actor's warm-up) are played by the fallback.
     """
@@ -48,14 +49,15 @@ class NetworkPolicy:
         self._checked_at = time.time()
         with tempfile.TemporaryDirectory(prefix='pydreamer-policy-') as tmp:
             try:
-                local = self.checkpoints.download(tmp)
-                if local is None:
+                loaded = self.checkpoints.read(tmp, mmap=True)
+                if loaded is None:
                     return
-                payload = read_checkpoint(local, mmap=True, name=self.checkpoints.uri)
-                if payload['step'] != self.loaded_step:
-                    self.model.load_state_dict(payload['model'])
-                    self.loaded_step = int(payload['step'])
-                    log.info('Network policy loaded the checkpoint of learner step %d.', self.loaded_step)
+                if loaded.payload['step'] != self.loaded_step:
+                    self.model.load_state_dict(loaded.payload['model'])
+                    self.loaded_step = int(loaded.payload['step'])
+                    # info, not a warning: the learner that resumes from the same file says why
+                    log.info('Network policy loaded the checkpoint of learner step %d%s.', self.loaded_step,
+                             f' from {loaded.ref}' if loaded.passed_over else '')
             except (CheckpointError, OSError, RuntimeError) as e:
                 log.warning('Could not load the newest checkpoint (%s: %s); keeping the current policy.',
                             type(e).__name__, e)

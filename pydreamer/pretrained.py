@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from pydreamer.checkpoint import CheckpointError, read_checkpoint
+from pydreamer.artifacts import ArtifactFolder
+from pydreamer.checkpoint import CheckpointError, LoadedCheckpoint, UnreadableCheckpoint, read_newest
 from pydreamer.config import Config
 from pydreamer.tracking import setup_tracking
 
@@ -29,25 +30,37 @@ LOAD_PARTS = {'wm': ('wm.',), 'all': ('wm.', 'ac.')}
 FREEZE_PARTS = {'freeze_rssm': 'wm.rssm.', 'freeze_encoder': 'wm.encoder.', 'freeze_decoder': 'wm.decoder.'}
 
 
-def fetch_checkpoint(ref: str, dst_dir: str) -> Path:
-    """A local copy of the checkpoint that `ref` (a path or an mlflow artifact URI) points to."""
+def fetch_checkpoint(ref: str, dst_dir: str) -> Path | None:
+    """A local copy of the checkpoint that `ref` (a path or an mlflow artifact URI) points to, or
+    None when a path or a `runs:/` URI names no file."""
     if not ref:
         raise CheckpointError('Config key model_checkpoint is empty; give a checkpoint path or '
                               'runs:/<run_id>/checkpoints/latest.pt.')
     if ':/' not in ref:
         path = Path(ref).expanduser()
-        if not path.is_file():
-            raise CheckpointError(f'Checkpoint file {path} does not exist.')
-        return path
+        return path if path.is_file() else None
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
     setup_tracking()
     try:
+        if ref.startswith('runs:/'):  # a listing tells a missing file from a failing transfer
+            run_id, _, artifact_path = ref[len('runs:/'):].partition('/')
+            folder = ArtifactFolder(run_id)
+            return Path(folder.download_file(artifact_path, dst_dir)) if folder.exists(artifact_path) else None
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=dst_dir))
     except MlflowException as e:
         raise CheckpointError(f'Checkpoint {ref} could not be fetched from the tracking store: {e.message}') from None
     except OSError as e:
         raise CheckpointError(f'Checkpoint {ref} could not be fetched: {e}') from None
+
+
+def read_pretrained(ref: str, dst_dir: str) -> LoadedCheckpoint:
+    """The checkpoint `ref` names or, when that is a latest.pt that cannot be read, the previous.pt
+    beside it (`passed_over` then says why)."""
+    loaded = read_newest(ref, lambda r: fetch_checkpoint(r, dst_dir))
+    if loaded is None:
+        raise UnreadableCheckpoint(ref, 'does not exist')
+    return loaded
 
 
 def check_compatible(saved: dict, conf: Config, parts: str, ref: str) -> None:
@@ -69,18 +82,21 @@ def load_pretrained(conf: Config, model: torch.nn.Module) -> dict[str, str]:
     if conf.load_parts not in LOAD_PARTS:
         raise CheckpointError(f'Config key load_parts must be one of {", ".join(LOAD_PARTS)}, got {conf.load_parts!r}.')
     with tempfile.TemporaryDirectory(prefix='pydreamer-pretrained-') as tmp:
-        payload = read_checkpoint(fetch_checkpoint(conf.model_checkpoint, tmp), name=conf.model_checkpoint)
-    check_compatible(payload['config'], conf, conf.load_parts, conf.model_checkpoint)
+        loaded = read_pretrained(conf.model_checkpoint, tmp)
+    if loaded.passed_over:
+        log.warning('%s; fine-tuning from %s instead.', loaded.passed_over, loaded.ref)
+    ref, payload = loaded.ref, loaded.payload
+    check_compatible(payload['config'], conf, conf.load_parts, ref)
     prefixes = LOAD_PARTS[conf.load_parts]
     state = {k: v for k, v in payload['model'].items() if k.startswith(prefixes)}
     own = model.state_dict()
     for key, value in state.items():
         if key not in own or own[key].shape != value.shape:
-            raise CheckpointError(f'Checkpoint {conf.model_checkpoint} has {key} of shape {tuple(value.shape)} '
+            raise CheckpointError(f'Checkpoint {ref} has {key} of shape {tuple(value.shape)} '
                                   f'but the model expects {tuple(own[key].shape) if key in own else "no such key"}.')
     missing = [k for k in own if k.startswith(prefixes) and k not in state]
     if missing:
-        raise CheckpointError(f'Checkpoint {conf.model_checkpoint} lacks {len(missing)} tensors of the '
+        raise CheckpointError(f'Checkpoint {ref} lacks {len(missing)} tensors of the '
                               f'parts to load, e.g. {missing[0]}.')
     model.load_state_dict(state, strict=False)
 
@@ -89,10 +105,10 @@ def load_pretrained(conf: Config, model: torch.nn.Module) -> dict[str, str]:
     for name, param in model.named_parameters():
         counts['loaded'] += param.numel() if name.startswith(prefixes) else 0
         counts['frozen' if name.startswith(frozen) else 'trained'] += param.numel()
-    summary = {'pretrained_checkpoint': conf.model_checkpoint, 'pretrained_step': str(payload['step']),
+    summary = {'pretrained_checkpoint': ref, 'pretrained_step': str(payload['step']),
                'pretrained_parts': conf.load_parts, 'frozen_parts': ','.join(p.rstrip('.') for p in frozen) or 'none',
                **{f'parameters_{k}': f'{v:,}' for k, v in counts.items()}}
     log.info('Loaded %s parameters (%s) from %s (step %s); frozen: %s; trained: %s.', f'{counts["loaded"]:,}',
-             conf.load_parts, conf.model_checkpoint, payload['step'], summary['frozen_parts'],
+             conf.load_parts, ref, payload['step'], summary['frozen_parts'],
              f'{counts["trained"]:,}')
     return summary

@@ -6,11 +6,13 @@ not each start one thread per core and fight over them.
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,12 +21,30 @@ from pydreamer.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
+USER_ERROR_EXIT = 2  # a child stopped with a sentence the user can act on (as the launchers' exit code)
+# a full disk, a full quota, or a file-size limit (`ulimit -f`)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _THREAD_ENV = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS')
 # glibc returns large freed buffers to the OS at once by default, so every training step
 # page-faults its activations back in (measured: 18% of an fp32 learner step); a learner keeps
 # them. Other processes allocate little per step and are better off returning memory. glibc reads
 # these at process start: they reach children through the environment.
 MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': '4294967296', 'MALLOC_TRIM_THRESHOLD_': '4294967296'}
+
+
+class StageError(Exception):
+    """Why a stage's process stops, as one sentence the user can act on (exit code 2)."""
+
+
+def disk_full_error(e: OSError) -> StageError | None:
+    """The sentence for a write that failed for want of space; None for any other OSError. The
+    writers (episode files, checkpoints, uploads) remove their temporary file first and name the
+    file they were writing."""
+    if e.errno not in _DISK_FULL:
+        return None
+    where = f' while writing {e.filename}' if e.filename else ''
+    return StageError(f'{e.strerror}{where}; nothing half-written was kept: free space there, then resume '
+                      f'the run with --resume_id.')
 
 
 @dataclass
@@ -92,7 +112,17 @@ def _child_main(name: str, threads: int, target: str, args: tuple) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the launcher, which stops us by SIGTERM
     import torch
     torch.set_num_threads(threads)
-    resolve_target(target)(*args)
+    try:
+        resolve_target(target)(*args)
+    except (StageError, OSError) as e:
+        error = e if isinstance(e, StageError) else disk_full_error(e)
+        if error is None:
+            raise
+        if stop_requested():  # the launcher is stopping the job for another child's error: a consequence
+            log.warning('%s', error)
+        else:
+            print(f'error: {error}', file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
 
 
 def _set_env(key: str, value: str | None) -> None:
@@ -104,7 +134,8 @@ def _set_env(key: str, value: str | None) -> None:
 
 def run_children(children: list[Child], poll_seconds: float = 0.5) -> int:
     """Start the children (threads as set by assign_threads, else 1) and wait.
-    Returns 0 on success, 1 when a child failed, 130 on Ctrl-C."""
+    Returns 0 on success, 2 when a child stopped with a sentence (StageError), 1 when it failed
+    otherwise, 130 on Ctrl-C."""
     ctx = mp.get_context('spawn')
     saved_env = {k: os.environ.get(k) for k in (*_THREAD_ENV, *MALLOC_ENV)}
     try:
@@ -141,6 +172,9 @@ def _wait(children: list[Child], poll_seconds: float) -> int:
             if code is None:
                 continue
             running.remove(child)
+            if code == USER_ERROR_EXIT:  # it said why in its `error:` sentence
+                _stop(running)
+                return USER_ERROR_EXIT
             if code != 0:
                 log.error('Process %s failed with exit code %d; stopping the others.', child.name, code)
                 _stop(running)

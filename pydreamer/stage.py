@@ -6,11 +6,11 @@ import logging
 import tempfile
 from typing import Callable, Mapping
 
-from pydreamer.checkpoint import RunCheckpoints, read_checkpoint
+from pydreamer.checkpoint import RunCheckpoints
 from pydreamer.config import Config, ConfigError
 from pydreamer.envs import env_id_list, make_env
 from pydreamer.policies import make_policy
-from pydreamer.processes import Child, assign_threads, run_children
+from pydreamer.processes import USER_ERROR_EXIT, Child, assign_threads, run_children
 from pydreamer.tracking import end_run, get_run, setup_tracking, start_run
 
 log = logging.getLogger(__name__)
@@ -73,17 +73,16 @@ def check_learner_config(conf: Config) -> None:
 
 
 def check_resume(conf: Config) -> None:
-    """A run to resume must exist, and its checkpoint, if it has one, must read and fit this config;
-    checked before the run is reopened, so that a refused resume changes nothing in it."""
+    """A run to resume must exist, and its checkpoint, if it has one, must read (latest.pt, or else
+    previous.pt, as the learner will say) and fit this config; checked before the run is reopened,
+    so that a refused resume changes nothing in it."""
     get_run(conf.resume_id)
-    checkpoints = RunCheckpoints(conf.resume_id)
     with tempfile.TemporaryDirectory(prefix='pydreamer-check-') as tmp:
-        local = checkpoints.download(tmp)
-        if local is None:
-            return
-        payload = read_checkpoint(local, name=checkpoints.uri)
+        loaded = RunCheckpoints(conf.resume_id).read(tmp)
+    if loaded is None:
+        return
     from pydreamer.pretrained import check_compatible  # imports torch: only for a run that has a checkpoint
-    check_compatible(payload['config'], conf, 'all', checkpoints.uri)
+    check_compatible(loaded.payload['config'], conf, 'all', loaded.ref)
 
 
 def run_stage(conf: Config, stage: str, children: Callable[[str], list[Child]],
@@ -99,6 +98,6 @@ def run_stage(conf: Config, stage: str, children: Callable[[str], list[Child]],
     rate_limited = conf.limit_step_ratio > 0 and conf.policy_main == 'network'
     assign_threads(procs, conf.torch_threads, others_mostly_idle=rate_limited)
     code = run_children(procs)
-    end_run(run_id, 'FINISHED' if code == 0 else 'FAILED' if code == 1 else 'KILLED')
+    end_run(run_id, 'FINISHED' if code == 0 else 'FAILED' if code in (1, USER_ERROR_EXIT) else 'KILLED')
     log.info('Run %s ended (exit code %d).', run_id, code)
     return code

@@ -33,7 +33,9 @@ class OneHotPolicy:
 
     def sample(self, straight_through: bool = False) -> Tensor:
         probs = self.logp.exp()
-        index = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1] + (1,))
+        # NaN probabilities of a diverged model would make multinomial raise; any action will do, as
+        # the step's loss is then not finite and the learner skips its update
+        index = torch.multinomial(probs.nan_to_num(1.0).reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1] + (1,))
         onehot = torch.zeros_like(probs).scatter_(-1, index, 1.0)
         # straight-through: value = onehot, gradient = d probs (DreamerV2 eq. 6 with dynamics backprop)
         return onehot + (probs - probs.detach()) if straight_through else onehot

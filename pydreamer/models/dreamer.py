@@ -75,7 +75,8 @@ class Dreamer(nn.Module):
     def train_step(self, obs: dict[str, Tensor], in_state: State, optimizers: dict[str, torch.optim.Optimizer],
                    train_wm: bool = True, train_ac: bool = True) -> tuple[State, dict[str, Tensor]]:
         """One gradient step of every role on a batch. obs: preprocessed (T, B, ...) tensors;
-        in_state of B (or B·I) rows. Returns (out_state, scalar metrics incl. grad_norm_<role>).
+        in_state of B (or B·I) rows. Returns (out_state, scalar metrics incl. grad_norm_<role>, and
+        nonfinite_skipped: 1 when a loss or gradient was not finite and no parameter was updated).
 
         Each loss is back-propagated as soon as it is known, so its graph is freed before the
         next one is built: peak memory is the largest of the world model's, the actor's rollout
@@ -90,6 +91,7 @@ class Dreamer(nn.Module):
             optimizers[role].zero_grad(set_to_none=True)
         with torch.set_grad_enabled(train_wm), self.autocast():
             wm = self.wm.training_step(obs, in_state)
+        losses = [wm.loss] if train_wm else []
         if train_wm:
             wm.loss.backward()
         metrics = dict(wm.metrics)
@@ -102,10 +104,18 @@ class Dreamer(nn.Module):
                 loss_critic, metrics_critic = self.ac.critic_loss(imagined, targets)
             loss_critic.backward()
             metrics.update(metrics_actor, **metrics_critic)
+            losses += [loss_actor, loss_critic]
         for role in roles:
             params = [p for p in optimizers[role].param_groups[0]['params'] if p.grad is not None]
             metrics[f'grad_norm_{role}'] = nn.utils.clip_grad_norm_(params, self.grad_clip[role], foreach=True)
-            optimizers[role].step()
+        # One non-finite loss or gradient norm would make every parameter it reaches NaN (clipping
+        # scales by it): no role steps, as under AMP's GradScaler, and the optimizer states stay.
+        checked = [t.detach().float() for t in losses] + [metrics[f'grad_norm_{role}'] for role in roles]
+        finite = bool(torch.isfinite(torch.stack(checked)).all()) if checked else True
+        if finite:
+            for role in roles:
+                optimizers[role].step()
+        metrics['nonfinite_skipped'] = torch.tensor(0.0 if finite else 1.0)
         return wm.out_state, {k: v.detach() for k, v in metrics.items()}
 
     def imagine(self, states: State) -> tuple[Imagined, Tensor, Tensor]:
