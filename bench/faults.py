@@ -45,7 +45,7 @@ LAUNCH = [sys.executable, str(ROOT / 'launch.py'), '--configs', 'defaults', 'min
 # a job that ends only when killed: learner and generator both far from their step limits
 ENDLESS = ['--n_steps', '1000000', '--n_env_steps', '100000000', '--save_interval', '5']
 TARGETS = ('generator', 'learner', 'launcher group')
-_VISIBLE = re.compile(r'config\.yaml|checkpoints/(latest|previous)\.pt|dreams/dream_\d+\.png'
+_VISIBLE = re.compile(r'config\.yaml|checkpoints/(latest|previous)\.pt|dreams/dream_\d+\.(png|gif)'
                       r'|episodes(_eval)?/\d+/ep\d+_\d+(-\d+)?-r-?\d+-\d+\.npz')
 _RESUMED = re.compile(r'(?:Resumed from checkpoints/latest\.pt of run \w+|resuming run \w+ from \S+) at step (\d+)')
 
