@@ -112,6 +112,7 @@ class _Stream:
     def window(self, length: int, allow_mid_reset: bool) -> dict:
         parts = []
         need = length
+        cuts = 0
         while need > 0:
             if self.data is None or self.pos >= len(self.data['reset']):
                 self._next_file()
@@ -119,9 +120,13 @@ class _Stream:
             else:
                 fresh_file = False
             available = len(self.data['reset']) - self.pos
-            if not allow_mid_reset and parts and available < need:
+            if not allow_mid_reset and available < need:
+                # the window would span two files: cut it here and take it whole from another file
+                cuts += 1
+                if cuts > 100:
+                    raise RuntimeError(f'No episode file in {self.index.folder}/ of run {self.index.run_id} holds a '
+                                       f'window of {length} rows; allow_mid_reset: true lets windows span files.')
                 self.data = None
-                parts, need = [], length
                 continue
             take = min(need, available)
             part = {k: v[self.pos:self.pos + take] for k, v in self.data.items()}

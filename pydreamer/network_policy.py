@@ -53,6 +53,7 @@ class NetworkPolicy:
                 if loaded is None:
                     return
                 if loaded.payload['step'] != self.loaded_step:
+                    self._check_fits(loaded.payload['model'])  # load_state_dict copies what fits before it raises
                     self.model.load_state_dict(loaded.payload['model'])
                     self.loaded_step = int(loaded.payload['step'])
                     # info, not a warning: the learner that resumes from the same file says why
@@ -61,6 +62,17 @@ class NetworkPolicy:
             except (CheckpointError, OSError, RuntimeError) as e:
                 log.warning('Could not load the newest checkpoint (%s: %s); keeping the current policy.',
                             type(e).__name__, e)
+
+    def _check_fits(self, state: dict) -> None:
+        own = self.model.state_dict()
+        missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+        if missing or unexpected:
+            raise CheckpointError(f'Checkpoint {self.checkpoints.uri} does not fit the policy\'s model '
+                                  f'(tensors missing: {missing[:3]}; unknown: {unexpected[:3]}).')
+        for key, value in own.items():
+            if state[key].shape != value.shape:
+                raise CheckpointError(f'Checkpoint {self.checkpoints.uri} has {key} of shape {tuple(state[key].shape)}, '
+                                      f'the policy\'s model {tuple(value.shape)}.')
 
     def wait_for_checkpoint(self, poll_seconds: float = 1.0) -> bool:
         """Block until a checkpoint is loaded; False if the process was asked to stop first."""

@@ -52,10 +52,16 @@ def mlflow_local(tmp_path, monkeypatch, mlflow_template_db) -> str:
 
 
 @pytest.fixture(scope='session')
-def mlflow_server(tmp_path_factory) -> str:
+def mlflow_server_root(tmp_path_factory) -> Path:
+    """The folder of the session's mlflow server: its database, and its artifacts under `artifacts/`."""
+    return tmp_path_factory.mktemp('mlflow_server')
+
+
+@pytest.fixture(scope='session')
+def mlflow_server(mlflow_server_root) -> str:
     """A real `mlflow server` (light mode, one worker, proxied artifacts) on a free local port.
     Yields its URI; the server and its children are terminated at the end of the session."""
-    root = tmp_path_factory.mktemp('mlflow_server')
+    root = mlflow_server_root
     port = _free_port()
     uri = f'http://127.0.0.1:{port}'
     mlflow_exe = Path(sys.executable).parent / 'mlflow'

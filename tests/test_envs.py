@@ -302,3 +302,53 @@ def test_gymnasium_vector_env():
 def test_gymnasium_continuous_actions_refused():
     with pytest.raises(ValueError, match='Discrete action space'):
         make_env('Pendulum-v1')
+
+
+def test_minatar_actions_stick_one_step_in_ten():
+    """MinAtar's sticky actions (0.1) with difficulty ramping: the game executes its previous action
+    instead of the requested one in about 10% of the steps. Every request differs from the
+    previous executed action, so that each sticky step shows."""
+    env = make_env('MinAtar/Asterix-v0', seed=0)
+    game = env._env.unwrapped.game
+    assert game.env.ramping
+    rng = np.random.default_rng(0)
+    env.reset()
+    stuck, steps = 0, 4000
+    for _ in range(steps):
+        previous = game.last_action
+        requested = int((previous + 1 + rng.integers(5)) % 6)
+        _, _, terminated, truncated = env.step(requested)
+        assert game.last_action in (requested, previous)
+        stuck += game.last_action != requested
+        if terminated or truncated:
+            env.reset()
+    assert 0.085 < stuck / steps < 0.115, stuck / steps  # binomial sd 0.005
+
+
+def test_atari_resets_after_1_to_30_noops_with_sticky_actions_0_25():
+    env = make_env('Atari-Breakout', action_repeat=4, seed=0)
+    ale = env._env.unwrapped.ale
+    noops = []
+    for _ in range(40):
+        env.reset()
+        noops.append(ale.getEpisodeFrameNumber())  # one emulator frame per no-op
+    assert 1 <= min(noops) <= 3 and 28 <= max(noops) <= 30 and len(set(noops)) >= 15
+    assert ale.getFloat('repeat_action_probability') == 0.25
+    env.close()
+
+
+def test_atari_life_loss_is_not_terminal():
+    env = make_env('Atari-Breakout', action_repeat=4, seed=0)
+    ale = env._env.unwrapped.ale
+    rng = np.random.default_rng(0)
+    env.reset()
+    lives, terminals = [ale.lives()], []
+    while not terminals or not terminals[-1]:
+        _, _, terminated, truncated = env.step(int(rng.integers(env.action_dim)))
+        lives.append(ale.lives())
+        terminals.append(terminated)
+        assert not truncated
+    lost = [t for t in range(len(terminals)) if lives[t + 1] < lives[t]]
+    assert lives[0] == 5 and len(lost) == 5 and lives[-1] == 0
+    assert not any(terminals[t] for t in lost[:-1]) and lost[-1] == len(terminals) - 1  # only the last life ends it
+    env.close()

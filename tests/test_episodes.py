@@ -8,6 +8,7 @@ import os
 import threading
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -394,15 +395,20 @@ def test_artifact_folder_single_files(tracking_uri, tmp_path):
         ArtifactFolder(run_id).download_file('checkpoints', tmp_path / 'dl')
 
 
-def test_readers_never_see_partial_uploads(tracking_uri, tmp_path):
-    """An upload held halfway is invisible to a reader; once finished, the reader gets it whole.
+def test_readers_never_see_partial_uploads(tracking_uri, tmp_path, request):
+    """An upload held halfway is written to a hidden staging file in the destination folder, never
+    under its final name, and a reader lists nothing; once finished, the staging file has been
+    renamed onto the final name and the reader gets the file whole.
 
-    The upload reads from a named pipe that this test fills. When the first half has been written,
-    the uploader has consumed most of it (a pipe buffers at most 64 KiB): on the local store it has
-    its destination file open, wherever that is; to a server it has sent part of the request body.
-    Nothing depends on timing.
+    The upload reads from a named pipe that this test fills, and the test looks into the folder on
+    disk where the store keeps the run's artifacts. When the first half has been written, the
+    uploader has consumed most of it (a pipe buffers at most 64 KiB), so the local store's copy is
+    under way; to a server it has sent part of the request body, and the test waits for the server
+    to open its staging file (well under a second; the 30 s limit only ends a broken upload).
     """
-    from pydreamer.artifacts import ArtifactFolder
+    from urllib.parse import urlparse
+
+    from pydreamer.artifacts import STAGING_PREFIX, ArtifactFolder, _repository
 
     run_id = _new_run_id()
     name = EpisodeFile(0, 0, 0, 0, 100).name
@@ -412,6 +418,13 @@ def test_readers_never_see_partial_uploads(tracking_uri, tmp_path):
     pipe = tmp_path / 'pipe' / name
     pipe.parent.mkdir()
     os.mkfifo(pipe)
+    if tracking_uri.startswith('sqlite'):
+        folder_on_disk = Path(_repository(tracking_uri, run_id).artifact_dir) / 'episodes' / '0'
+    else:  # mlflow-artifacts:/<experiment>/<run>/artifacts, under the server's --artifacts-destination
+        from mlflow.tracking import MlflowClient
+
+        run_root = urlparse(MlflowClient().get_run(run_id).info.artifact_uri).path.strip('/')
+        folder_on_disk = request.getfixturevalue('mlflow_server_root') / 'artifacts' / run_root / 'episodes' / '0'
     errors = []
 
     def upload():
@@ -419,6 +432,9 @@ def test_readers_never_see_partial_uploads(tracking_uri, tmp_path):
             ArtifactFolder(run_id, 'episodes/0').upload(pipe)
         except Exception as e:  # reported by the test below
             errors.append(e)
+
+    def on_disk() -> list[str]:
+        return sorted(os.listdir(folder_on_disk)) if folder_on_disk.is_dir() else []
 
     uploader = threading.Thread(target=upload)
     uploader.start()
@@ -429,11 +445,16 @@ def test_readers_never_see_partial_uploads(tracking_uri, tmp_path):
         with open(fd, 'wb') as w:
             w.write(payload[:len(payload) // 2])
             w.flush()
+            deadline = time.monotonic() + 30
+            while not on_disk() and uploader.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(on_disk()) == 1 and on_disk()[0].startswith(STAGING_PREFIX), (on_disk(), errors)
             assert reader.list() == []
             w.write(payload[len(payload) // 2:])
     finally:
         uploader.join(60)
     assert not uploader.is_alive() and not errors
+    assert on_disk() == [name]
     assert [EpisodeFile.parse(p) for p, _ in reader.list()] == [EpisodeFile.parse(name)]
     _assert_equal_episodes(load_episode(reader.download(f'episodes/0/{name}', tmp_path / 'dl')), data)
 
