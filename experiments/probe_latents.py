@@ -12,8 +12,9 @@ see is one noisy draw of them). The objects' positions are read from the raw Min
 channels (`OBJECTS`; several cells of one channel give their centroid). Measures
 (pydreamer/probes.py), per game and object, for x (column) and y (row):
   best |r|   the largest |Pearson r| of one feature (h or z) with the coordinate, on all frames;
-  R²         a ridge probe on h, on z and on both, fitted on 4/5 of the episodes and scored on
-             the held-out fifth (5 folds of whole episodes; R² over all held-out predictions);
+  R²         a ridge probe on h, on z and on both, scored on held-out episodes: 5 folds of whole
+             episodes, each predicted by a probe fitted on the other four, whose ridge penalty was
+             chosen on one of them (R² over all held-out predictions);
   map        the mean, per 10×10 cell, of the feature best correlated with x or y;
 over all games together: k-means (k = games) and its adjusted Rand index with the game; and with
 `--compare`, the SVCCA canonical correlations between the two checkpoints' features per game.
@@ -359,24 +360,30 @@ def table(rows: list[dict], heading: str) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def experiment_id(name: str, artifact_root: str | None) -> str:
+    """The mlflow experiment for probe runs, created with its artifacts at `artifact_root` if it is new."""
+    from pydreamer.tracking import client
+    c = client()
+    experiment = c.get_experiment_by_name(name)
+    if experiment is None:
+        return c.create_experiment(name, artifact_location=artifact_root)
+    if artifact_root and experiment.artifact_location.rstrip('/') != artifact_root.rstrip('/'):
+        raise ConfigError(f'Experiment {name!r} exists with its artifacts at {experiment.artifact_location}; '
+                          f'--artifact-root applies to a new experiment only.')
+    return experiment.experiment_id
+
+
 def log_run(model: Model, args, files: list[Path], rows: list[dict]) -> str:
     """An mlflow run tagged stage probe_latents and source_run, holding the outputs as artifacts."""
     from pydreamer.tracking import client, log_params
     c = client()
-    experiment = c.get_experiment_by_name(args.experiment)
-    if experiment is None:
-        experiment_id = c.create_experiment(args.experiment, artifact_location=args.artifact_root)
-    elif args.artifact_root and experiment.artifact_location.rstrip('/') != args.artifact_root.rstrip('/'):
-        raise ConfigError(f'Experiment {args.experiment!r} exists with its artifacts at {experiment.artifact_location}; '
-                          f'--artifact-root applies to a new experiment only.')
-    else:
-        experiment_id = experiment.experiment_id
     tags = {'stage': 'probe_latents', 'source_checkpoint': model.ref, 'untrained': str(args.untrained).lower()}
     if model.run_id:
         tags['source_run'] = model.run_id
     if args.compare:
         tags['compare_checkpoint'] = args.compare
-    run_id = c.create_run(experiment_id, run_name=f'probe-{args.name}', tags=tags).info.run_id
+    run_id = c.create_run(experiment_id(args.experiment, args.artifact_root), run_name=f'probe-{args.name}',
+                          tags=tags).info.run_id
     log_params(run_id, {'games': ','.join(args.games), 'steps': args.steps, 'policy': args.policy,
                         'seed': args.seed, 'folds': args.folds})
     from mlflow.entities import Metric

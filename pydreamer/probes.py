@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-RIDGE_ALPHAS = np.logspace(-4, 2, 13)  # on standardised features, whose covariance has unit diagonal
+RIDGE_ALPHAS = np.logspace(-6, 2, 17)  # times the mean feature variance
 _TINY = 1e-10
 
 
@@ -38,48 +38,50 @@ def episode_folds(episodes: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 
 
 def _sums(X: np.ndarray, Y: np.ndarray) -> tuple:
-    return len(X), X.sum(0), Y.sum(0), (Y ** 2).sum(0), X.T @ X, X.T @ Y
+    return len(X), X.sum(0), Y.sum(0), X.T @ X, X.T @ Y
 
 
-def _ridge_fit(sums: tuple, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ridge on standardised features from the sums over the training rows; alpha is chosen per target
-    by generalised cross-validation (Golub, Heath & Wahba 1979), which needs nothing but these sums.
-    Returns weights (F, T) and intercepts (T,) in the original units."""
-    n, sx, sy, syy, sxx, sxy = sums
+def _ridge_path(sums: tuple, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge weights (A, F, T) and intercepts (A, T) for every alpha, from the sums over the training
+    rows. Features are centred, not standardised: a feature that is nearly constant in the training
+    rows (a rare latent class) would be scaled up to unit variance there and blow up on held-out
+    frames. Alphas are relative to the mean feature variance, so the grid does not depend on units."""
+    n, sx, sy, sxx, sxy = sums
     mu, my = sx / n, sy / n
-    C = sxx / n - np.outer(mu, mu)                                          # (F, F)
-    c = sxy / n - np.outer(mu, my)                                          # (F, T)
-    s = np.sqrt(np.clip(np.diag(C), 0, None))
-    s = np.where(s > 1e-6, s, 1.0)  # a constant feature has zero covariances: any scale will do
-    e, V = np.linalg.eigh(C / np.outer(s, s))
-    e = np.clip(e, 0, None)[:, None]                                        # (F, 1)
-    p = V.T @ (c / s[:, None])                                              # (F, T)
-    shrink = (e + 2 * alphas) / (e + alphas) ** 2                           # (F, A)
-    rss = (syy / n - my ** 2)[None] - shrink.T @ p ** 2                     # (A, T): residual variance
-    dof = 1 + (e / (e + alphas)).sum(0)                                     # (A,): hat trace + intercept
-    gcv = rss / np.clip(1 - dof / n, _TINY, None)[:, None] ** 2
-    alpha = alphas[gcv.argmin(0)]                                           # (T,)
-    W = (V @ (p / (e + alpha))) / s[:, None]
-    return W, my - mu @ W
+    e, V = np.linalg.eigh(sxx / n - np.outer(mu, mu))
+    e = np.clip(e, 0, None)
+    p = V.T @ (sxy / n - np.outer(mu, my))                                  # (F, T)
+    shrunk = p[None] / (e[None, :, None] + alphas[:, None, None] * max(e.mean(), _TINY))  # (A, F, T)
+    W = V[None] @ shrunk
+    return W, my[None] - np.einsum('f,aft->at', mu, W)
 
 
 def ridge_cv_r2(X: np.ndarray, Y: np.ndarray, folds: np.ndarray, alphas: np.ndarray = RIDGE_ALPHAS) -> np.ndarray:
-    """Cross-validated R² (T,) of a linear probe Y (N, T) ~ X (N, F): each fold is predicted by ridge
-    fitted on the other folds, and R² = 1 - SSE / SST over all held-out predictions (SST around the
-    mean of all of Y). nan for a constant target or fewer than two folds."""
+    """Cross-validated R² (T,) of a linear probe Y (N, T) ~ X (N, F).
+
+    Each fold in turn is held out; the next fold chooses alpha per target (the one of least squared
+    error there, fitted on the remaining folds); the probe refitted on all but the held-out fold with
+    that alpha predicts it. R² = 1 - SSE / SST over all held-out predictions, SST around the mean of
+    all of Y. The held-out fold never takes part in a choice. nan for a constant target or fewer than
+    three folds."""
     Y = Y.reshape(len(Y), -1)
     ids = np.unique(folds)
     sst = ((Y - Y.mean(0)) ** 2).sum(0)
-    if len(ids) < 2:
+    if len(ids) < 3:
         return np.full(Y.shape[1], np.nan)
     X = X.astype(np.float64)
-    per_fold = [_sums(X[folds == f], Y[folds == f]) for f in ids]
-    total = [sum(parts) for parts in zip(*per_fold)]
+    rows = [folds == f for f in ids]
+    sums = [_sums(X[r], Y[r]) for r in rows]
+    total = [sum(parts) for parts in zip(*sums)]
+    targets = np.arange(Y.shape[1])
     sse = np.zeros(Y.shape[1])
-    for f, held_out in zip(ids, per_fold):
-        W, b = _ridge_fit([t - h for t, h in zip(total, held_out)], alphas)
-        inside = folds == f
-        sse += ((Y[inside] - X[inside] @ W - b) ** 2).sum(0)
+    for i, held_out in enumerate(rows):
+        j = (i + 1) % len(ids)
+        W, b = _ridge_path([t - h - v for t, h, v in zip(total, sums[i], sums[j])], alphas)
+        error = ((Y[rows[j]][None] - X[rows[j]] @ W - b[:, None]) ** 2).sum(1)  # (A, T)
+        W, b = _ridge_path([t - h for t, h in zip(total, sums[i])], alphas[error.argmin(0)])
+        prediction = X[held_out] @ W[targets, :, targets].T + b[targets, targets]  # alpha t for target t
+        sse += ((Y[held_out] - prediction) ** 2).sum(0)
     return np.where(sst > _TINY, 1 - sse / np.where(sst > _TINY, sst, 1), np.nan)
 
 
