@@ -224,3 +224,17 @@ def test_a_bad_reference_is_one_sentence_and_exit_2(tiny_checkpoint, tmp_path, c
     assert code == 2 and len(errors) == 1 and 'Traceback' not in err, err
     assert all(w.format(tmp=tmp_path) in errors[0] for w in words), errors[0]
     assert not (tmp_path / 'out').exists()
+
+
+def test_the_transfer_table_gives_mean_and_standard_error_over_seeds():
+    from experiments import probe_transfer
+    rows = [{'arm': arm, 'seed': seed, 'measure': 'r2', 'game': 'Breakout', 'object': name, 'coordinate': c,
+             'features': f, 'value': value if name == 'ball' or c == 'x' else np.nan}
+            for arm, seed, value in (('scratch', 0, 0.2), ('scratch', 1, 0.4), ('scratch', 2, 0.6),
+                                     ('world_model', 0, 0.9))
+            for name in ('player', 'ball') for c in 'xy' for f in ('h', 'z', 'hz')]
+    text = probe_transfer.table(rows, 'heading')
+    assert 'player y' not in text                                   # a coordinate that never varies
+    scratch = next(line for line in text.splitlines() if line.startswith('| scratch | 3 |'))
+    assert scratch.count('0.40 ± 0.12') == 3                        # sd 0.2 / sqrt(3)
+    assert '| world_model | 1 | 0.90 | 0.90 | 0.90 |' in text
