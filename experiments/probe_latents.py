@@ -37,17 +37,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dqn.policy import DQNPolicy  # noqa: E402
+from experiments.curves import write_csv  # noqa: E402
+from experiments.probe_figures import maps_figure, pca_figure, r2_figure  # noqa: E402
 from pydreamer import probes  # noqa: E402
 from pydreamer.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
 from pydreamer.cli import run_cli  # noqa: E402
 from pydreamer.config import ConfigError, build_config, load_sections  # noqa: E402
 from pydreamer.envs import MINATAR_GAMES, EnvError, first_row, make_env, next_row  # noqa: E402
+from pydreamer.models.dreamer import Dreamer  # noqa: E402
+from pydreamer.policies import RandomPolicy  # noqa: E402
+from pydreamer.preprocess import preprocess, preprocess_step  # noqa: E402
 from pydreamer.pretrained import fetch_checkpoint  # noqa: E402
-from pydreamer.tracking import get_run  # noqa: E402
+from pydreamer.tracking import client, get_run, log_params  # noqa: E402
+from mlflow.entities import Metric  # noqa: E402 -- after pydreamer.tracking, which imports mlflow lean
 
 # object -> MinAtar state channel, per game; the player first
 OBJECTS = {
@@ -110,7 +118,6 @@ class Recording:
 def play(game: str, policy, steps: int, seed: int, progress: bool = True) -> Recording:
     """`steps` frames of `policy` (obs -> (action, metrics)) on the game's full-action (-v0) env;
     the last episode is cut at `steps`."""
-    from tqdm import tqdm
     env = make_env(f'MinAtar/{game}-v0', seed=seed)
     channels = channel_index(game)
     rows, positions, episodes = [], [], []
@@ -158,7 +165,6 @@ def checkpoint_config(saved: dict):
 def load_model(ref: str, untrained: bool = False, seed: int = 0) -> Model:
     """The Dreamer of a checkpoint (path or `runs:/<id>/...`), in eval mode; with `untrained`, a fresh
     initialisation of the same architecture (seeded), the reference for what a random network encodes."""
-    from pydreamer.models.dreamer import Dreamer
     run_id = run_of(ref)
     label = get_run(run_id).info.run_name if run_id else Path(ref).stem  # an unknown run is one sentence
     with tempfile.TemporaryDirectory(prefix='pydreamer-probe-') as tmp:
@@ -184,7 +190,6 @@ class ActorPolicy:
         self.previous = None
 
     def __call__(self, obs: dict) -> tuple[int, dict]:
-        from pydreamer.preprocess import preprocess_step
         A = self.model.conf.action_dim
         if obs['reset']:
             self.state, self.previous = self.model.dreamer.init_state(1), np.zeros(A, np.float32)
@@ -198,7 +203,6 @@ class ActorPolicy:
 def policy_maker(spec: str, model: Model | None):
     """(game, seed) -> data policy for `random`, `actor` (the probed model's), `actor:<checkpoint>` or
     `dqn:<folder>`; the spec is checked and any checkpoint loaded once, before anything is played."""
-    from pydreamer.policies import RandomPolicy
     kind, _, arg = spec.partition(':')
     if spec == 'random':
         return lambda game, seed: RandomPolicy(6, seed)
@@ -214,7 +218,6 @@ def policy_maker(spec: str, model: Model | None):
 
 
 def _dqn_policy(spec: str, folder: Path, game: str, seed: int):
-    from dqn.policy import DQNPolicy
     game_folder = folder / game_module(game)
     try:
         return DQNPolicy(game_folder if game_folder.is_dir() else folder, seed=seed)
@@ -236,7 +239,6 @@ def encode(model: Model, recording: Recording, seed: int = 0, chunk: int = 1000)
     """Features of every frame: h (N, D), z (N, Z) and both (N, D + Z). One (T, 1) sequence through the
     RSSM: the resets in it start each episode from the zero state, and the state carries across chunks.
     Seeded, so that every model sees the same posterior-sampling noise."""
-    from pydreamer.preprocess import preprocess
     wm, conf = model.dreamer.wm, model.conf
     torch.manual_seed(seed)
     state = wm.init_state(1)
@@ -362,7 +364,6 @@ def table(rows: list[dict], heading: str) -> str:
 
 def experiment_id(name: str, artifact_root: str | None) -> str:
     """The mlflow experiment for probe runs, created with its artifacts at `artifact_root` if it is new."""
-    from pydreamer.tracking import client
     c = client()
     experiment = c.get_experiment_by_name(name)
     if experiment is None:
@@ -375,7 +376,6 @@ def experiment_id(name: str, artifact_root: str | None) -> str:
 
 def log_run(model: Model, args, files: list[Path], rows: list[dict]) -> str:
     """An mlflow run tagged stage probe_latents and source_run, holding the outputs as artifacts."""
-    from pydreamer.tracking import client, log_params
     c = client()
     tags = {'stage': 'probe_latents', 'source_checkpoint': model.ref, 'untrained': str(args.untrained).lower()}
     if model.run_id:
@@ -386,7 +386,6 @@ def log_run(model: Model, args, files: list[Path], rows: list[dict]) -> str:
                           tags=tags).info.run_id
     log_params(run_id, {'games': ','.join(args.games), 'steps': args.steps, 'policy': args.policy,
                         'seed': args.seed, 'folds': args.folds})
-    from mlflow.entities import Metric
     metrics = [Metric(f'probe/{r["measure"]}_{r["features"]}_{r["game"]}' +
                       (f'_{r["object"]}_{r["coordinate"]}' if r.get('object') else ''), float(r['value']), 0, 0)
                for r in rows if r['measure'] in ('r2', 'ari', 'cca_mean') and np.isfinite(r['value'])]
@@ -400,8 +399,6 @@ def log_run(model: Model, args, files: list[Path], rows: list[dict]) -> str:
 
 def write_outputs(rows: list[dict], maps: dict, cluster: dict | None, out: Path, name: str, heading: str
                   ) -> list[Path]:
-    from experiments.curves import write_csv
-    from experiments.probe_figures import maps_figure, pca_figure, r2_figure
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f'probe_{name}{suffix}' for suffix in ('.csv', '.md', '_maps.png', '_r2.png')]
     write_csv([{k: r.get(k, '') for k in CSV_FIELDS} for r in rows], CSV_FIELDS, paths[0])
