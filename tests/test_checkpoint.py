@@ -49,7 +49,7 @@ def equal(a, b) -> bool:
 def test_read_checkpoint_refuses_other_format_versions_and_foreign_files(tmp_path):
     path = tmp_path / 'latest.pt'
     saved_model(path, config(), edit=lambda payload: payload.update(format_version=FORMAT_VERSION + 1))
-    with pytest.raises(CheckpointError, match=f'has format version {FORMAT_VERSION + 1}, this code reads version {FORMAT_VERSION}'):
+    with pytest.raises(CheckpointError, match=f'has format version {FORMAT_VERSION + 1}, but this code reads version {FORMAT_VERSION}'):
         read_checkpoint(path)
     torch.save({'model': {}}, tmp_path / 'state.pt')
     with pytest.raises(CheckpointError, match='is not a pydreamer checkpoint'):
