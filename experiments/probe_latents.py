@@ -168,7 +168,10 @@ def load_model(ref: str, untrained: bool = False, seed: int = 0) -> Model:
     run_id = run_of(ref)
     label = get_run(run_id).info.run_name if run_id else Path(ref).stem  # an unknown run is one sentence
     with tempfile.TemporaryDirectory(prefix='pydreamer-probe-') as tmp:
-        payload = read_checkpoint(fetch_checkpoint(ref, tmp), mmap=True, name=ref)
+        local = fetch_checkpoint(ref, tmp)
+        if local is None:
+            raise CheckpointError(f'Checkpoint {ref} does not exist.')
+        payload = read_checkpoint(local, mmap=True, name=ref)
         conf = checkpoint_config(payload['config'])
         if not (conf.image_categorical and conf.image_size == 10 and conf.action_dim == 6):
             raise CheckpointError(f'Checkpoint {ref} models {conf.image_size}x{conf.image_size} images with '
