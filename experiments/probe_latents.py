@@ -49,7 +49,7 @@ from pydreamer import probes  # noqa: E402
 from pydreamer.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
 from pydreamer.cli import run_cli  # noqa: E402
 from pydreamer.config import ConfigError, build_config, load_sections  # noqa: E402
-from pydreamer.envs import MINATAR_GAMES, EnvError, first_row, make_env, next_row  # noqa: E402
+from pydreamer.envs import MINATAR_GAMES, first_row, make_env, minatar_game, minatar_module, next_row  # noqa: E402
 from pydreamer.models.dreamer import Dreamer  # noqa: E402
 from pydreamer.policies import RandomPolicy  # noqa: E402
 from pydreamer.preprocess import preprocess, preprocess_step  # noqa: E402
@@ -72,23 +72,9 @@ MIN_FRAMES = 100  # an object seen less often is not probed: five folds of it wo
 CLUSTER_FRAMES = 2000  # frames per game for k-means and the PCA figure
 
 
-def minatar_game(name: str) -> str:
-    """'Breakout', 'space_invaders' or 'MinAtar/SpaceInvaders-v0' -> 'SpaceInvaders'."""
-    key = re.sub(r'-v\d+$', '', name.removeprefix('MinAtar/')).replace('_', '').lower()
-    for game in MINATAR_GAMES:
-        if game.lower() == key:
-            return game
-    raise EnvError(f'{name!r} is not a MinAtar game; expected one of {", ".join(MINATAR_GAMES)}.')
-
-
-def game_module(game: str) -> str:
-    """minatar's module (and dqn/train_agents.py's folder) of a game: 'SpaceInvaders' -> 'space_invaders'."""
-    return re.sub(r'(?<=[a-z])(?=[A-Z])', '_', game).lower()
-
-
 def channel_index(game: str) -> dict[str, int]:
     """object -> index of its channel in the game's raw state, from minatar's own channel names."""
-    channels = importlib.import_module(f'minatar.environments.{game_module(game)}').Env().channels
+    channels = importlib.import_module(f'minatar.environments.{minatar_module(game)}').Env().channels
     return {name: channels[channel] for name, channel in OBJECTS[game].items()}
 
 
@@ -221,7 +207,7 @@ def policy_maker(spec: str, model: Model | None):
 
 
 def _dqn_policy(spec: str, folder: Path, game: str, seed: int):
-    game_folder = folder / game_module(game)
+    game_folder = folder / minatar_module(game)
     try:
         return DQNPolicy(game_folder if game_folder.is_dir() else folder, seed=seed)
     except (OSError, ValueError) as e:

@@ -25,7 +25,6 @@ another experiment with --data-run / --wm-run.
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 from dataclasses import dataclass, replace
@@ -34,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pydreamer.envs import MINATAR_GAMES  # noqa: E402
+from pydreamer import envs  # noqa: E402
+from pydreamer.envs import MINATAR_GAMES, minatar_module as folder_name  # noqa: E402
 from pydreamer.tracking import client, setup_tracking  # noqa: E402
 
 ARMS = ('finetune', 'finetune_frozen_rssm', 'scratch')
@@ -70,17 +70,12 @@ SCALES = {
 
 
 def minatar_game(name: str) -> str:
-    """'Breakout', 'breakout', 'space_invaders' or 'MinAtar/SpaceInvaders-v0' -> 'SpaceInvaders'."""
-    base = re.sub(r'-v\d+$', '', name.removeprefix('MinAtar/')).replace('_', '').lower()
-    for game in MINATAR_GAMES:
-        if game.lower() == base:
-            return game
-    raise SystemExit(f'[transfer] --target {name!r} is not a MinAtar game; expected one of {", ".join(MINATAR_GAMES)}.')
-
-
-def folder_name(game: str) -> str:
-    """dqn/train_agents.py's folder of a game: 'SpaceInvaders' -> 'space_invaders'."""
-    return re.sub(r'(?<=[a-z])(?=[A-Z])', '_', game).lower()
+    """The game that --target names, or exit with one sentence."""
+    try:
+        return envs.minatar_game(name)
+    except envs.EnvError:
+        raise SystemExit(f'[transfer] --target {name!r} is not a MinAtar game; expected one of '
+                         f'{", ".join(envs.MINATAR_GAMES)}.') from None
 
 
 def launch(script: str, *args: str) -> None:

@@ -45,6 +45,20 @@ ATARI_IMAGE_SIZE = 64
 ObsFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
+def minatar_game(name: str) -> str:
+    """'Breakout', 'space_invaders' or 'MinAtar/SpaceInvaders-v0' -> 'SpaceInvaders'."""
+    key = re.sub(r'-v\d+$', '', name.removeprefix('MinAtar/')).replace('_', '').lower()
+    for game in MINATAR_GAMES:
+        if game.lower() == key:
+            return game
+    raise EnvError(f'{name!r} is not a MinAtar game; expected one of {", ".join(MINATAR_GAMES)}.')
+
+
+def minatar_module(game: str) -> str:
+    """minatar's module (and dqn/train_agents.py's folder) of a game: 'SpaceInvaders' -> 'space_invaders'."""
+    return re.sub(r'(?<=[a-z])(?=[A-Z])', '_', game).lower()
+
+
 class EnvError(ValueError):
     """An environment id that cannot be used, alone or with the config's env settings."""
 
