@@ -39,6 +39,7 @@ def parse_args(argv: list[str]) -> tuple[Request, int]:
                         help='at most this many frames of the first episode go into the GIF (default %(default)s)')
     parser.add_argument('--experiment', default=defaults.experiment, help='mlflow experiment (default %(default)s)')
     parser.add_argument('--run_name', default='', help='mlflow run name (default evaluate-<source run name>)')
+    parser.add_argument('--run_tags', default='', help='extra mlflow tags as a YAML map, e.g. "{arm: finetune, seed: 1}"')
     parser.add_argument('--threads', type=int, default=1, help='torch threads (default %(default)s: one is fastest for one environment)')
     args = vars(parser.parse_args(argv))
     threads = args.pop('threads')

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import sys
 
-from pydreamer.cli import run_cli
+from pydreamer.cli import Stage, run_cli
 from pydreamer.config import ConfigError, parse_args
 from pydreamer.processes import Child
 from pydreamer.stage import check_generator_config, check_learner_config, run_stage
+
+
+STAGE = Stage('launch', __doc__, ('defaults',), (
+    'run and process control', 'environment', 'generators', 'observations', 'learner', 'world model',
+    'actor-critic', 'early-learning'))
 
 
 def main(argv: list[str]) -> int:
@@ -31,8 +36,8 @@ def main(argv: list[str]) -> int:
             procs.append(Child('learner', 'pydreamer.learner:run', (conf, run_id), ends_job=True, trains=True))
         return procs
 
-    return run_stage(conf, 'launch', children)
+    return run_stage(conf, 'launch', children, tags={'arm': 'scratch'})
 
 
 if __name__ == '__main__':
-    sys.exit(run_cli(main, 'launch'))
+    sys.exit(run_cli(main, STAGE))

@@ -11,11 +11,16 @@ from __future__ import annotations
 import sys
 import tempfile
 
-from pydreamer.cli import run_cli
+from pydreamer.cli import Stage, run_cli
 from pydreamer.config import parse_args
 from pydreamer.pretrained import check_compatible, read_pretrained
 from pydreamer.processes import Child
 from pydreamer.stage import check_generator_config, check_learner_config, run_stage
+
+
+STAGE = Stage('launch_finetuning', __doc__, ('defaults', 'minatar', 'finetune'), (
+    'run and process control', 'environment', 'generators', 'observations', 'learner', 'world model',
+    'world-model-only training and fine-tuning', 'actor-critic', 'early-learning'))
 
 
 def main(argv: list[str]) -> int:
@@ -31,8 +36,9 @@ def main(argv: list[str]) -> int:
         return [Child(f'generator-{w}', 'pydreamer.generator:run', (conf, run_id, w)) for w in range(conf.generator_workers)] + \
                [Child('learner', 'train_finetune:run', (conf, run_id), ends_job=True, trains=True)]
 
-    return run_stage(conf, 'finetune', children, tags={'pretrained_checkpoint': conf.model_checkpoint})
+    return run_stage(conf, 'finetune', children, tags={
+        'arm': 'finetune_frozen_rssm' if conf.freeze_rssm else 'finetune', 'pretrained_checkpoint': conf.model_checkpoint})
 
 
 if __name__ == '__main__':
-    sys.exit(run_cli(main, 'launch_finetuning'))
+    sys.exit(run_cli(main, STAGE))

@@ -7,30 +7,36 @@ from __future__ import annotations
 import sys
 
 from pydreamer.artifacts import ArtifactFolder
-from pydreamer.cli import run_cli
+from pydreamer.cli import Stage, run_cli
 from pydreamer.config import ConfigError, parse_args
 from pydreamer.processes import Child
 from pydreamer.stage import check_learner_config, run_stage
 from pydreamer.tracking import get_run, setup_tracking
 
 
-def check_data_run(run_id: str) -> None:
-    """The data run must exist, and hold episodes unless its generators are still running."""
+def check_data_run(run_id: str) -> str:
+    """The data run must exist, and hold episodes unless its generators are still running; returns
+    its games (its `game` tag)."""
     if not run_id:
         raise ConfigError('Config key mlflow_run_id is empty; give the id of the dataset run to train on.')
     setup_tracking()
     run = get_run(run_id)
     if not ArtifactFolder(run_id, 'episodes').list_subfolders() and run.info.status != 'RUNNING':
         raise ConfigError(f'Data run {run_id} ({run.info.status.lower()}) has no episodes/ to train on.')
+    return run.data.tags.get('game', '')
+
+
+STAGE = Stage('launch_wm_training', __doc__, ('defaults', 'minatar', 'wm_training'), (
+    'run and process control', 'observations', 'learner', 'world model', 'world-model-only training'))
 
 
 def main(argv: list[str]) -> int:
     conf = parse_args(argv, default_sections=('defaults', 'minatar', 'wm_training'))
     check_learner_config(conf)
-    check_data_run(conf.mlflow_run_id)
+    games = check_data_run(conf.mlflow_run_id)
     return run_stage(conf, 'wm_training', lambda run_id: [Child('learner', 'train_wm_only:run', (conf, run_id), ends_job=True, trains=True)],
-                     tags={'data_run_id': conf.mlflow_run_id})
+                     tags={'arm': 'world_model', 'game': games, 'data_run_id': conf.mlflow_run_id})
 
 
 if __name__ == '__main__':
-    sys.exit(run_cli(main, 'launch_wm_training'))
+    sys.exit(run_cli(main, STAGE))

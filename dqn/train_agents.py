@@ -51,6 +51,7 @@ from dqn.networks import ARCHITECTURES, build_q_network
 from dqn.policy import N_ACTIONS, DQNPolicy
 from pydreamer.cli import run_cli
 from pydreamer.config import ConfigError
+from pydreamer.tracking import parse_tags
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 GAMES = ('asterix', 'breakout', 'freeway', 'seaquest', 'space_invaders')
@@ -91,7 +92,8 @@ class TrainConfig:
     eval_max_steps: int = _flag(27_000, 'an evaluation episode is cut after this many steps')
     log_interval: int = _flag(25_000, 'steps between progress log lines (and train/agent metrics)')
     experiment: str = _flag('pydreamer', 'mlflow experiment of the stage\'s run')
-    run_name: str = _flag('', 'mlflow run name (default dqn-<games>)')
+    run_name: str = _flag('', 'mlflow run name (default dqn-s<seed>-<games>)')
+    run_tags: str = _flag('', 'extra mlflow tags of the run as a YAML map, e.g. "{transfer: x, arm: dqn}"')
 
 
 def game_module(name: str) -> str:
@@ -115,6 +117,8 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError(f'Unknown arch {config.arch!r}; expected one of {sorted(ARCHITECTURES)}.')
     if config.batch_size > config.replay_start:
         raise ConfigError(f'replay_start ({config.replay_start}) must be at least batch_size ({config.batch_size}).')
+    parse_tags(config.run_tags, '--run-tags')
+
 
 
 class ReplayBuffer:
@@ -236,12 +240,11 @@ class StageRun:
 
     def __init__(self, config: TrainConfig, games: list[str]):
         from pydreamer.artifacts import ArtifactFolder
-        from pydreamer.tracking import MetricsLogger, client, log_params
-        c = client()
-        experiment = c.get_experiment_by_name(config.experiment)
-        experiment_id = experiment.experiment_id if experiment else c.create_experiment(config.experiment)
-        run = c.create_run(experiment_id, run_name=config.run_name or f'dqn-{"-".join(games)}',
-                           tags={'stage': 'dqn', 'dqn_out': str(output_root(config))})
+        from pydreamer.tracking import MetricsLogger, client, experiment_id, log_params
+        tags = {'stage': 'dqn', 'arm': 'dqn', 'game': ','.join(games), 'seed': str(config.seed),
+                'dqn_out': str(output_root(config)), **parse_tags(config.run_tags, '--run-tags')}
+        run = client().create_run(experiment_id(config.experiment), run_name=config.run_name or f'dqn-s{config.seed}-{"-".join(games)}',
+                                  tags=tags)
         self.run_id = run.info.run_id
         log_params(self.run_id, dataclasses.asdict(config))
         self.metrics = MetricsLogger(self.run_id)

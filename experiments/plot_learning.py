@@ -2,13 +2,15 @@
 
     python experiments/plot_learning.py --run <run id or run name> [--out docs] [--bins 12]
     python experiments/plot_learning.py --run <a> <b> --name breakout-cpu-vs-full
+    python experiments/plot_learning.py --run <a> --csv docs/learning_<b>.csv --name a-vs-b
 
 Writes `learning_<name>.png` (episode return against env steps, learner steps and wall-clock
 minutes, binned means with the per-episode points of a single run behind them) and
 `learning_<name>.csv` (the binned numbers), and prints the table; <name> is the run's name for
 one run. Episodes of the prefill policy (random by default) sit at learner step 0; their mean
 return is drawn as the baseline line. Wall-clock minutes leave out the pauses of a run resumed
-in pieces (experiments/curves.py).
+in pieces (experiments/curves.py). `--csv` adds the curves of an earlier `learning_<name>.csv`,
+e.g. of a run whose tracking store is gone, beside those of the runs.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from experiments.curves import bin_index, binned, episodes, save_figure, write_csv  # noqa: E402
+from experiments.curves import GAP_MINUTES, bin_index, binned, episodes, save_figure, write_csv  # noqa: E402
 from pydreamer.tracking import client, get_run, setup_tracking  # noqa: E402
 
 AXES = (('env_steps', 1, 'env steps'), ('learner_steps', 0, 'learner steps'), ('wall_minutes', 3, 'wall-clock minutes'))
@@ -49,18 +51,27 @@ def curve(data: np.ndarray, column: int, bins: int, run: str) -> list[dict]:
             for i, (lo, hi, m) in enumerate(zip(edges[:-1], edges[1:], means)) if not np.isnan(m)]
 
 
+def read_curves(path: Path) -> list[dict]:
+    """The binned rows of a `learning_<name>.csv` written by this script."""
+    import csv
+    with open(path) as f:
+        return [{'run': r['run'], 'x_kind': r['x_kind'], 'x': float(r['x']), 'mean': float(r['mean']),
+                 'episodes': int(r['episodes'])} for r in csv.DictReader(f)]
+
+
 def plot(data: dict[str, np.ndarray], rows: list[dict], title: str, baseline: float, path: Path) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(AXES), figsize=(4.3 * len(AXES), 3.5))
+    labels = list(dict.fromkeys(r['run'] for r in rows))
     for ax, (kind, column, label) in zip(axes, AXES):
-        for run, episodes_ in data.items():
-            if len(data) == 1:
-                ax.scatter(episodes_[:, column], episodes_[:, 2], s=3, alpha=0.25, color='grey', label='episodes')
+        for run in labels:
+            if len(labels) == 1:
+                ax.scatter(data[run][:, column], data[run][:, 2], s=3, alpha=0.25, color='grey', label='episodes')
             pts = [r for r in rows if r['x_kind'] == kind and r['run'] == run]
             ax.plot([p['x'] for p in pts], [p['mean'] for p in pts], marker='o', markersize=3,
-                    label='binned mean' if len(data) == 1 else run)
+                    label='binned mean' if len(labels) == 1 else run)
         if not np.isnan(baseline):
             ax.axhline(baseline, color='red', linestyle='--', linewidth=1, label='prefill (random) policy')
         ax.set_title(f'return against {label}', fontsize=9)
@@ -75,16 +86,21 @@ def main(argv: list[str]) -> None:
     parser.add_argument('--name', default=None, help='output name (default: the run name of a single run)')
     parser.add_argument('--out', default=str(ROOT / 'docs'))
     parser.add_argument('--bins', type=int, default=12)
+    parser.add_argument('--gap-minutes', type=float, default=GAP_MINUTES,
+                        help='a stretch this long without an episode is a pause, left out of the wall-clock minutes')
+    parser.add_argument('--csv', nargs='*', default=[], help='earlier learning_<name>.csv files to draw beside the runs')
     args = parser.parse_args(argv)
     setup_tracking()
     runs = [find_run(ref) for ref in args.run]
     data, rows = {}, []
     for run in runs:
         label = run.info.run_name or run.info.run_id
-        data[label] = episodes(run.info.run_id)
+        data[label] = episodes(run.info.run_id, args.gap_minutes)
         if not len(data[label]):
             raise SystemExit(f'Run {run.info.run_id} has no agent/return metrics yet.')
         rows += [r for _, column, _ in AXES for r in curve(data[label], column, args.bins, label)]
+    for path in args.csv:
+        rows += read_curves(Path(path))
     prefill = np.concatenate([d[d[:, 0] == 0, 2] for d in data.values()])
     baseline = float(prefill.mean()) if len(prefill) else float('nan')
     name = args.name or next(iter(data))

@@ -93,6 +93,13 @@ def summarise(runs, bin_steps: int) -> tuple[list[dict], float]:
                 mean, se = mean_se(values)
                 rows.append({'arm': arm, 'metric': key, 'x_kind': 'learner_steps', 'x': float(step),
                              'mean': mean, 'se': se, 'seeds': len(values)})
+    for arm, arm_runs in _per_arm(runs).items():  # the final actor's evaluation (transfer.py)
+        finals = [history(r.info.run_id, 'final/return') for r in arm_runs]
+        points = [(step, np.mean(v)) for f in finals for step, v in f.items()]
+        if points:
+            mean, se = mean_se([v for _, v in points])
+            rows.append({'arm': arm, 'metric': 'final/return', 'x_kind': 'learner_steps',
+                         'x': float(max(step for step, _ in points)), 'mean': mean, 'se': se, 'seeds': len(points)})
     return rows, random_return
 
 
@@ -111,17 +118,17 @@ def table(rows: list[dict], random_return: float, at: list[int], end: float) -> 
     """A markdown table: per arm, seeds, eval losses at LOSS_STEPS and the end, returns at `at`."""
     loss_cols = [(key, step) for key in LOSSES for step in (*LOSS_STEPS, None)]
     head = ['arm', 'seeds'] + [f'{LOSSES[k]} @{"end" if s is None else s}' for k, s in loss_cols] + \
-           [f'return @{s}' for s in at]
+           [f'return @{s}' for s in at] + ['final actor return']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for arm in ARMS:
         seeds = max([r['seeds'] for r in rows if r['arm'] == arm] or [0])
         if not seeds:
             continue
         cells = [arm, str(seeds)] + [_cell(rows, arm, k, s if s is not None else end) for k, s in loss_cols] + \
-                [_cell(rows, arm, 'agent/return', s) for s in at]
+                [_cell(rows, arm, 'agent/return', s) for s in at] + [_cell(rows, arm, 'final/return', None)]
         lines.append('| ' + ' | '.join(cells) + ' |')
     lines.append(f'| random policy | | ' + ' | '.join([''] * len(loss_cols)) + ' | ' +
-                 ' | '.join([f'{random_return:.2f}'] * len(at)) + ' |')
+                 ' | '.join([f'{random_return:.2f}'] * (len(at) + 1)) + ' |')
     return '\n'.join(lines)
 
 

@@ -17,6 +17,8 @@ figure and CSV; every run is tagged `transfer=<name>`, `arm` and, per seed, `see
        `finetune`               pretrained world model + new actor-critic (launch_finetuning.py)
        `finetune_frozen_rssm`   the same with the RSSM kept fixed
        `scratch`                the classic from-scratch run (launch.py)
+     and each arm's final actor plays `final_episodes` episodes (evaluate.py, run `evaluate_<arm>`),
+     whose mean is logged into the arm's run as `final/return`
   5. figures, a CSV and a table (experiments/plot_transfer.py)
 Running the same command again (same --name, by default `<scale>-<target>`) reuses the finished
 stages and resumes an interrupted one where it stopped. Earlier stages can also be taken from
@@ -35,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from pydreamer import envs  # noqa: E402
 from pydreamer.envs import MINATAR_GAMES, minatar_module as folder_name  # noqa: E402
-from pydreamer.tracking import client, setup_tracking  # noqa: E402
+from pydreamer.tracking import MetricsLogger, client, describe_run, experiment_id, setup_tracking  # noqa: E402
 
 ARMS = ('finetune', 'finetune_frozen_rssm', 'scratch')
 
@@ -50,12 +52,15 @@ class Scale:
     arm_prefill: int             # random steps before each arm's own actor takes over
     configs: tuple[str, ...]     # config sections of every learner stage
     overrides: tuple[str, ...]   # config overrides for every learner stage
+    final_episodes: int = 20     # episodes of each arm's final actor (final/return)
 
 
 SCALES = {
+    # checkpoints every 20 steps, checked for every 10 s: the arms' actors change while they play
     'tiny': Scale((2_500, 5_000), 20_000, 5_000, 200, 120, 3_000, ('defaults', 'minatar'),
                   ('--batch_size', '16', '--batch_length', '32', '--log_interval', '10',
-                   '--logbatch_interval', '60', '--save_interval', '60', '--eval_interval', '100')),
+                   '--logbatch_interval', '60', '--save_interval', '20', '--policy_reload_interval', '10',
+                   '--eval_interval', '100'), final_episodes=10),
     # sized for a 2-core CPU (~2.5 h with 3 seeds): minatar_cpu at cnn_depth 16, and arms whose
     # generator is rate-limited to 20 stored steps per learner step, so the learner has both cores
     'cpu': Scale((25_000, 50_000, 100_000), 150_000, 15_000, 1_500, 1_000, 10_000,
@@ -103,15 +108,18 @@ class Experiment:
         run = find_run(name, 'parent')
         c = client()
         if run is None:
-            experiment = c.get_experiment_by_name('pydreamer')
-            experiment_id = experiment.experiment_id if experiment else c.create_experiment('pydreamer')
-            run = c.create_run(experiment_id, run_name=f'transfer-{name}',
+            run = c.create_run(experiment_id('pydreamer'), run_name=f'transfer-{name}',
                                tags={'transfer': name, 'arm': 'parent', 'stage': 'transfer'})
             print(f'[transfer] experiment {name}: parent run {run.info.run_id}', flush=True)
         else:
             c.update_run(run.info.run_id, status='RUNNING')
             print(f'[transfer] experiment {name}: continuing parent run {run.info.run_id}', flush=True)
         self.parent = run.info.run_id
+
+    def tags(self, arm: str, seed: int | None = None) -> str:
+        """The --run_tags of a child run: the experiment, the arm, the seed and the parent."""
+        tags = f'transfer: "{self.name}", arm: {arm}, mlflow.parentRunId: {self.parent}'
+        return '{' + tags + (f', seed: {seed}' if seed is not None else '') + '}'
 
     def stage(self, script: str, arm: str, args: list[str], seed: int | None = None) -> str:
         """Run `script` for `arm` unless a finished run of it exists; returns the run id."""
@@ -120,12 +128,26 @@ class Experiment:
             print(f'[transfer] {arm}{"" if seed is None else f" seed {seed}"}: finished run {run.info.run_id} is reused',
                   flush=True)
             return run.info.run_id
-        tags = f'{{transfer: "{self.name}", arm: {arm}, mlflow.parentRunId: {self.parent}'
-        tags += (f', seed: {seed}' if seed is not None else '') + '}'
         name = f'{arm}{"" if seed is None else f"-s{seed}"}-{self.name}'  # what differs comes first
         resume = ['--resume_id', run.info.run_id] if run is not None else []
-        launch(script, *args, '--run_tags', tags, '--run_name', name, *resume)
+        launch(script, *args, '--run_tags', self.tags(arm, seed), '--run_name', name, *resume)
         return find_run(self.name, arm, seed).info.run_id
+
+    def final_return(self, arm_run: str, arm: str, seed: int, env_id: str, episodes: int) -> None:
+        """Play the arm's final actor (evaluate.py, a child run of its own) and log its mean return as
+        the arm's `final/return`, at the learner step of that checkpoint; done once per arm run."""
+        if 'final/return' in client().get_run(arm_run).data.metrics:
+            return
+        name = f'evaluate_{arm}'
+        launch('evaluate.py', '--checkpoint', f'runs:/{arm_run}/checkpoints/latest.pt', '--env_id', env_id,
+               '--episodes', str(episodes), '--seed', str(seed), '--run_tags', self.tags(name, seed),
+               '--run_name', f'{name}-s{seed}-{self.name}')
+        evaluation = find_run(self.name, name, seed)
+        metrics = evaluation.data.metrics
+        step = int(evaluation.data.tags.get('checkpoint_step', 0))
+        MetricsLogger(arm_run).log({'final/return': metrics['eval/return'],
+                                    'final/return_stderr': metrics['eval/return_stderr']}, step)
+        describe_run(arm_run)
 
     def finish(self, out: Path) -> None:
         c = client()
@@ -166,6 +188,7 @@ def main(argv: list[str]) -> None:
         if data_run is None:
             dqn_out = args.dqn_out or f'dqn_checkpoints_{args.scale}'
             launch('dqn/train_agents.py', '--games', *map(folder_name, pretrain), '--out', dqn_out,
+                   '--run-name', f'dqn-{experiment.name}', '--run-tags', experiment.tags('dqn'),
                    '--checkpoint-steps', *map(str, scale.dqn_steps),
                    '--replay-start', str(min(5_000, scale.dqn_steps[0] // 2)),
                    '--eps-decay-steps', str(min(100_000, scale.dqn_steps[-1] // 2)))
@@ -185,12 +208,13 @@ def main(argv: list[str]) -> None:
     for seed in range(args.seeds):
         for arm in args.arms:
             if arm == 'scratch':
-                experiment.stage('launch.py', arm, ['--configs', *scale.configs, *common, '--seed', str(seed)], seed)
+                run = experiment.stage('launch.py', arm, ['--configs', *scale.configs, *common, '--seed', str(seed)], seed)
             else:
-                experiment.stage('launch_finetuning.py', arm, [
+                run = experiment.stage('launch_finetuning.py', arm, [
                     '--configs', *scale.configs, 'finetune', *common, '--n_steps_wm', str(scale.arm_steps),
                     '--model_checkpoint', checkpoint, '--seed', str(seed),
                     '--freeze_rssm', str(arm == 'finetune_frozen_rssm').lower()], seed)
+            experiment.final_return(run, arm, seed, f'MinAtar/{target}-v0', scale.final_episodes)
 
     launch('experiments/plot_transfer.py', '--transfer', experiment.name, '--out', args.out)
     experiment.finish(Path(args.out))

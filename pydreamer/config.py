@@ -58,6 +58,8 @@ _TYPES = {'str': str, 'list': list, 'map': dict}
 _ANNOTATION = re.compile(r'\{(?P<choices>[^}]*)\}|>=\s*(?P<low>[-\d.]+)|(?P<from>[-\d.]+)\.\.(?P<to>[-\d.]+)'
                          r'|<(?P<types>[^>]*)>')
 _KEY_COMMENT = re.compile(r'\s+(?P<key>\w+):[^#]*#\s*(?P<comment>.*)')
+_BARE_KEY = re.compile(r'\s+(?P<key>\w+):[^#]*')
+_GROUP = re.compile(r'\s+#\s*---\s*(?P<group>.*)')
 
 
 class Config(Mapping):
@@ -161,6 +163,28 @@ def load_rules(path: Path = DEFAULTS_FILE) -> dict[str, Rule]:
         if annotation:
             rules[match['key']] = _rule(match['key'], annotation)
     return rules
+
+
+@dataclass(frozen=True)
+class KeyDoc:
+    """A key of the defaults section as its line documents it."""
+    key: str
+    group: str  # the `# --- <group>` line above it
+    comment: str
+
+
+def key_docs(path: Path = DEFAULTS_FILE) -> list[KeyDoc]:
+    """Every key of the defaults section in file order, with its group and comment."""
+    docs, group = [], ''
+    for line in _section_lines(path.read_text(), BASE_SECTION):
+        heading = _GROUP.fullmatch(line)
+        if heading:
+            group = heading['group']
+            continue
+        match = _KEY_COMMENT.fullmatch(line) or _BARE_KEY.fullmatch(line)
+        if match:
+            docs.append(KeyDoc(match['key'], group, (match.groupdict().get('comment') or '').strip()))
+    return docs
 
 
 def check_rules(values: Mapping[str, Any], rules: Mapping[str, Rule]) -> None:

@@ -59,6 +59,15 @@ def minatar_module(game: str) -> str:
     return re.sub(r'(?<=[a-z])(?=[A-Z])', '_', game).lower()
 
 
+def game_name(env_id: str | list | None) -> str:
+    """How run names and the `game` tag call an env id (or a list of them): 'MinAtar/Breakout-v0' ->
+    'Breakout', 'AtariGray-Pong' -> 'Pong', 'CartPole-v1' -> 'CartPole'; a list joins them with ','."""
+    if isinstance(env_id, (list, tuple)):
+        return ','.join(game_name(e) for e in env_id)
+    name = re.sub(r'^(MinAtar/|Atari-|AtariGray-)', '', env_id or '')
+    return re.sub(r'-v\d+$', '', name.rpartition('/')[2])
+
+
 class EnvError(ValueError):
     """An environment id that cannot be used, alone or with the config's env settings."""
 

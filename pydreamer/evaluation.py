@@ -228,6 +228,7 @@ class Request:
     video_steps: int = 1000
     experiment: str = 'pydreamer'
     run_name: str = ''
+    run_tags: str = ''           # a YAML map of extra tags
 
 
 def evaluate(request: Request, work_dir: str) -> tuple[str, str]:
@@ -266,18 +267,18 @@ def _source_run(ref: str) -> str:
 
 def _start_run(request: Request, source) -> tuple[str, str]:
     """A new run tagged with the stage and its source; returns (run id, how the table names the agent)."""
-    from pydreamer.tracking import client, get_run, log_params
-    c = client()
+    from pydreamer.envs import game_name
+    from pydreamer.tracking import client, experiment_id, get_run, log_params, parse_tags
     source_run = _source_run(request.checkpoint)
     source_name = get_run(source_run).info.run_name if source_run else Path(request.checkpoint).name
     label = source_name if source_run else request.checkpoint
     if 'checkpoint_step' in source.tags:
         label += f' (step {source.tags["checkpoint_step"]})'
-    experiment = c.get_experiment_by_name(request.experiment)
-    experiment_id = experiment.experiment_id if experiment else c.create_experiment(request.experiment)
-    tags = {'stage': 'evaluate', 'source_run_id': source_run, 'source': request.checkpoint, 'agent': source.kind,
-            'env_id': request.env_id, 'policy': 'greedy' if request.greedy else 'sampled', **source.tags}
-    run = c.create_run(experiment_id, run_name=request.run_name or f'evaluate-{source_name}',
+    tags = {'stage': 'evaluate', 'arm': 'evaluate', 'game': game_name(request.env_id), 'seed': str(request.seed),
+            'source_run_id': source_run, 'source': request.checkpoint, 'agent': source.kind,
+            'env_id': request.env_id, 'policy': 'greedy' if request.greedy else 'sampled', **source.tags,
+            **parse_tags(request.run_tags)}
+    run = client().create_run(experiment_id(request.experiment), run_name=request.run_name or f'evaluate-{source_name}',
                        tags={k: v for k, v in tags.items() if v})
     log_params(run.info.run_id, dataclasses.asdict(request))
     return run.info.run_id, label

@@ -36,7 +36,7 @@ def resolve_device(setting: str) -> torch.device:
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     device = torch.device(setting)
     if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'Config key device is {setting!r} but no CUDA device is available; use auto or cpu.')
+        raise StageError(f'Config key device is {setting!r} but no CUDA device is available; expected auto or cpu.')
     return device
 
 

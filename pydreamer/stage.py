@@ -3,12 +3,13 @@ processes, wait, and close the run with the outcome."""
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from typing import Callable, Mapping
 
 from pydreamer.checkpoint import RunCheckpoints
 from pydreamer.config import Config, ConfigError
-from pydreamer.envs import env_id_list, make_env
+from pydreamer.envs import env_id_list, game_name, make_env
 from pydreamer.policies import make_policy
 from pydreamer.processes import USER_ERROR_EXIT, Child, assign_threads, run_children
 from pydreamer.tracking import end_run, get_run, setup_tracking, start_run
@@ -61,6 +62,8 @@ def check_observation(conf: Config, env_id: str, obs: dict) -> None:
 
 def check_learner_config(conf: Config) -> None:
     """The cross-key rules of the model that the learner would otherwise find after the prefill."""
+    if not re.fullmatch(r'auto|cpu|cuda(:\d+)?', conf.device):
+        raise ConfigError(f'Config key device is {conf.device!r}; expected auto, cpu, cuda or cuda:<index>.')
     if conf.image_loss == 'categorical' and not conf.image_categorical:
         raise ConfigError('Config key image_loss is categorical, which needs categorical images '
                           '(image_categorical true, as in the minatar preset); expected mse.')
@@ -87,11 +90,12 @@ def check_resume(conf: Config) -> None:
 
 def run_stage(conf: Config, stage: str, children: Callable[[str], list[Child]],
               tags: Mapping[str, str] | None = None) -> int:
-    """Run the stage's processes inside a new (or resumed) mlflow run; returns the exit code."""
+    """Run the stage's processes inside a new (or resumed) mlflow run; returns the exit code.
+    `tags` add to (or replace) the run's `stage`, `seed` and `game` (from env_id)."""
     uri = setup_tracking()
     if conf.resume_id:
         check_resume(conf)
-    run_id = start_run(conf, stage, tags)
+    run_id = start_run(conf, stage, {'game': game_name(conf.env_id), **(tags or {})})
     log.info('Tracking store: %s', uri)
     procs = children(run_id)
     # limit_step_ratio pauses only network-policy generators

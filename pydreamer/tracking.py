@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from pydreamer.config import Config
+from pydreamer.config import Config, ConfigError
 from pydreamer.lean_imports import hidden_modules
 
 with hidden_modules('pandas', 'pyarrow', 'scipy'):  # loaded by mlflow for dataset and model features not used here
@@ -63,8 +64,39 @@ def get_run(run_id: str):
         raise
 
 
+# mlflow reads this experiment tag to open the experiment on its runs rather than on GenAI traces
+EXPERIMENT_KIND = ('mlflow.experimentKind', 'custom_model_development')
+# the metrics a run's description lists, when it has them
+HEADLINE_METRICS = ('final/return', 'eval/return', 'agent/return', 'eval/loss_model', 'eval/loss_image',
+                    'train/loss_model', 'train/loss_image', 'train/loss_kl')
+
+
+def experiment_id(name: str) -> str:
+    """The id of experiment `name`, created if needed, tagged to open on its training runs."""
+    c = client()
+    experiment = c.get_experiment_by_name(name)
+    if experiment is None:
+        return c.create_experiment(name, tags=dict([EXPERIMENT_KIND]))
+    if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+        c.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+    return experiment.experiment_id
+
+
+def parse_tags(text: str, option: str = '--run_tags') -> dict[str, str]:
+    """Tags written on a command line as a YAML map (`{arm: dqn, seed: 1}`); '' is none."""
+    try:
+        tags = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError:
+        tags = None
+    if not isinstance(tags, dict):
+        raise ConfigError(f'{option} {text!r} is not a YAML map; expected e.g. "{{arm: dqn, seed: 1}}".')
+    return {str(k): str(v) for k, v in tags.items()}
+
+
 def start_run(conf: Config, stage: str, tags: Mapping[str, str] | None = None) -> str:
-    """Create a run for `stage` (or reopen `conf.resume_id`), log the config, and return its id."""
+    """Create a run for `stage` (or reopen `conf.resume_id`), log the config, and return its id.
+    A new run is tagged `stage`, `seed`, then `tags` (e.g. `game`, `arm`), then the config's
+    `run_tags`, and named `<arm>-s<seed>-<game>` (`<n>games` for several) unless `run_name` is set."""
     c = client()
     if conf.resume_id:
         run = get_run(conf.resume_id)
@@ -72,11 +104,12 @@ def start_run(conf: Config, stage: str, tags: Mapping[str, str] | None = None) -
         c.update_run(run_id, status='RUNNING')
         log.info('Resuming mlflow run %s (%s).', run_id, run.info.run_name)
     else:
-        experiment = c.get_experiment_by_name(conf.experiment)
-        experiment_id = experiment.experiment_id if experiment else c.create_experiment(conf.experiment)
-        extra = {str(k): str(v) for k, v in (conf.run_tags or {}).items()}
-        run = c.create_run(experiment_id, run_name=conf.run_name or None,
-                           tags={'stage': stage, **extra, **(tags or {})})
+        all_tags = {'stage': stage, 'seed': str(conf.seed), **(tags or {}),
+                    **{str(k): str(v) for k, v in (conf.run_tags or {}).items()}}
+        games = all_tags.get('game', '').split(',')
+        game = games[0] if len(games) == 1 else f'{len(games)}games'
+        name = conf.run_name or '-'.join(filter(None, (all_tags.get('arm', stage), f's{all_tags["seed"]}', game)))
+        run = c.create_run(experiment_id(conf.experiment), run_name=name, tags=all_tags)
         run_id = run.info.run_id
         log_params(run_id, conf.to_dict())
         log.info('Started mlflow run %s (%s) in experiment %r.', run_id, run.info.run_name, conf.experiment)
@@ -86,6 +119,21 @@ def start_run(conf: Config, stage: str, tags: Mapping[str, str] | None = None) -
 
 def end_run(run_id: str, status: str = 'FINISHED') -> None:
     client().set_terminated(run_id, status=status)
+    describe_run(run_id)
+
+
+def describe_run(run_id: str) -> None:
+    """Write the run's description (shown above its tabs in the UI): what it is, how it ended, and
+    the last values of its headline metrics, wherever mlflow's metric groups put them."""
+    c = client()
+    run = c.get_run(run_id)
+    metrics, tags = run.data.metrics, run.data.tags
+    shown = [key for key in HEADLINE_METRICS if key in metrics]
+    shown += sorted(key for key in metrics if re.fullmatch(r'(agent|eval)/[^/]+/return', key))
+    about = ', '.join(f'{key} {tags[key]}' for key in ('stage', 'arm', 'game', 'seed') if key in tags)
+    lines = [f'{about}: {run.info.status.lower()}.', '']
+    lines += [f'- `{key}`: {metrics[key]:.4g} (last value)' for key in shown] or ['No metrics yet.']
+    c.set_tag(run_id, 'mlflow.note.content', '\n'.join(lines))
 
 
 def log_params(run_id: str, values: Mapping[str, Any]) -> None:

@@ -51,6 +51,7 @@ CATALOGUE = [
     ('generator_multi_env', [*MULTI, '--resume_id', '{data}', '--split_fraction', '2'],
      ['split_fraction is 2.0', 'expected between 0 and 1'], False),
     ('launch', [*DEBUG, '--clip_rewards', 'clip'], ["clip_rewards is 'clip'", 'expected one of none, tanh, log1p, sign'], False),
+    ('launch', [*DEBUG, '--device', 'gpu'], ["device is 'gpu'", 'expected auto, cpu, cuda or cuda:<index>'], False),
     ('launch', [*DEBUG, '--amp', 'maybe'], ["amp is 'maybe'", 'expected one of auto, true, false'], False),
     ('launch', [*DEBUG, '--gru_type', 'lstm'], ["gru_type is 'lstm'", 'expected one of gru, gru_layernorm'], False),
     ('launch', [*DEBUG, '--image_encoder', 'resnet'], ["image_encoder is 'resnet'", 'expected one of cnn, cnn_minatar'], False),

@@ -65,6 +65,14 @@ def test_debug_run_trains_and_generates_with_the_network_policy(mlflow_local, tm
     assert sum(int(r['episodes']) for r in wall_rows) == len(returns)
     assert 0 < float(wall_rows[-1]['x']) < 10  # minutes since the first episode of this short run
 
+    # an earlier curve from its CSV alone, drawn and written beside the run's
+    earlier = tmp_path / 'earlier.csv'
+    earlier.write_text('run,x_kind,x,mean,episodes\nearlier,wall_minutes,1.5,4.25,30\n')
+    plot_learning.main(['--run', 'e2e', '--csv', str(earlier), '--name', 'both', '--out', str(tmp_path / 'docs'), '--bins', '3'])
+    with open(tmp_path / 'docs' / 'learning_both.csv') as f:
+        both = list(csv.DictReader(f))
+    assert {r['run'] for r in both} == {'e2e', 'earlier'} and len(both) == len(rows) + 1
+
 
 def test_killed_learner_stops_the_rate_limited_job_and_resumes_from_its_checkpoint(mlflow_local, tmp_path):
     log_path = tmp_path / 'launch.log'

@@ -155,3 +155,17 @@ def test_plot_transfer_writes_figure_and_csv_from_the_runs(transfer_arms, store,
     assert {r['arm'] for r in rows if r['metric'] == 'eval/loss_image' and float(r['x']) == 0} == arms
     table = (tmp_path / 'transfer_t1.md').read_text()
     assert '| finetune | 1 |' in table and '| random policy |' in table
+
+
+def test_every_stage_run_is_named_and_tagged_by_what_it_is(transfer_arms, store):
+    c = tracking.client()
+    runs = {r.info.run_name: r for r in c.search_runs([e.experiment_id for e in c.search_experiments()])}
+    assert {'dataset-s0-2games', 'world_model-s0-2games', 'finetune-s0-SpaceInvaders',
+            'finetune_frozen_rssm-s0-SpaceInvaders', 'scratch-s0-SpaceInvaders'} <= set(runs)
+    assert runs['world_model-s0-2games'].data.tags['game'] == 'Breakout,Asterix'  # the data run's games
+    for run in runs.values():
+        tags = run.data.tags
+        assert {'stage', 'arm', 'game', 'seed'} <= set(tags), run.info.run_name
+        assert tags['mlflow.note.content'].startswith(f'stage {tags["stage"]}, arm {tags["arm"]}')
+    assert '`agent/return`' in runs['scratch-s0-SpaceInvaders'].data.tags['mlflow.note.content']
+    assert '`eval/loss_model`' in runs['world_model-s0-2games'].data.tags['mlflow.note.content']

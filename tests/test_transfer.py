@@ -34,6 +34,17 @@ def test_stages_are_children_reused_when_finished_and_resumed_when_interrupted(m
     saved = read_checkpoint(RunCheckpoints(first).download(str(tmp_path / 'ckpt')))
     assert saved['step'] == 20
 
+    # the final actor plays in a child run of its own; its mean return becomes the arm's final/return
+    again.final_return(first, 'scratch', 1, 'MinAtar/Breakout-v0', episodes=2)
+    (evaluation,) = _runs('evaluate_scratch')
+    assert evaluation.data.tags['mlflow.parentRunId'] == experiment.parent
+    assert evaluation.data.tags['source_run_id'] == first and evaluation.info.run_name == 'evaluate_scratch-s1-t'
+    (final,) = tracking.client().get_metric_history(first, 'final/return')
+    assert final.step == 20 and final.value == evaluation.data.metrics['eval/return']
+    assert '`final/return`' in tracking.client().get_run(first).data.tags['mlflow.note.content']
+    again.final_return(first, 'scratch', 1, 'MinAtar/Breakout-v0', episodes=2)  # once per arm run
+    assert len(_runs('evaluate_scratch')) == 1
+
 
 @pytest.mark.parametrize('name,game', [('Breakout', 'Breakout'), ('space_invaders', 'SpaceInvaders'),
                                        ('MinAtar/SpaceInvaders-v0', 'SpaceInvaders'), ('seaquest', 'Seaquest')])
