@@ -11,7 +11,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Mapping
@@ -19,6 +18,7 @@ from typing import Mapping
 import torch
 
 from atari_net.network import AtariNet
+from pydreamer.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -54,17 +54,8 @@ def save_atari_net(model: AtariNet, checkpoint_dir: str | os.PathLike, step: int
     payload = io.BytesIO()
     torch.save({WEIGHTS_KEY: model.state_dict()}, payload)
     # The temporary name does not match CHECKPOINT_RE, so a concurrent listing never picks it up.
-    fd, tmp = tempfile.mkstemp(dir=checkpoint_dir, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as raw:
-            with gzip.GzipFile(fileobj=raw, mode='wb', mtime=0) as zipped:
-                zipped.write(payload.getvalue())
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path) as raw, gzip.GzipFile(fileobj=raw, mode='wb', mtime=0) as zipped:
+        zipped.write(payload.getvalue())
     return path
 
 

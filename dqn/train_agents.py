@@ -27,8 +27,8 @@ import argparse
 import copy
 import csv
 import dataclasses
+import io
 import logging
-import os
 import re
 import sys
 import time
@@ -49,6 +49,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from dqn.networks import ARCHITECTURES, build_q_network
 from dqn.policy import N_ACTIONS, DQNPolicy
+from pydreamer.atomic import atomic_write
 from pydreamer.cli import run_cli
 from pydreamer.config import ConfigError
 from pydreamer.tracking import parse_tags
@@ -200,13 +201,6 @@ def random_policy(seed: int) -> Callable[[dict], tuple[int, dict]]:
     return lambda obs: (int(rng.integers(N_ACTIONS)), {})
 
 
-def save_atomic(write: Callable[[Path], None], path: Path) -> None:
-    """Write via `write(tmp)` then rename, so readers (which glob model_*.pt) never see a partial file."""
-    tmp = path.with_name(path.name + '.tmp')
-    write(tmp)
-    os.replace(tmp, path)
-
-
 class ScoreTable:
     """`scores.csv` of a game folder: one evaluation row per policy (the random baseline, each checkpoint)."""
 
@@ -225,13 +219,12 @@ class ScoreTable:
     def add(self, step: int, policy: str, returns: list[float]) -> None:
         self.rows[policy] = {'step': step, 'policy': policy, 'eval_return': f'{np.mean(returns):.3f}',
                              'eval_std': f'{np.std(returns):.3f}', 'episodes': len(returns)}
-        save_atomic(self._write, self.path)
-
-    def _write(self, tmp: Path) -> None:
-        with open(tmp, 'w', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=self.FIELDS)
-            writer.writeheader()
-            writer.writerows(sorted(self.rows.values(), key=lambda row: int(row['step'])))
+        text = io.StringIO(newline='')
+        writer = csv.DictWriter(text, fieldnames=self.FIELDS)
+        writer.writeheader()
+        writer.writerows(sorted(self.rows.values(), key=lambda row: int(row['step'])))
+        with atomic_write(self.path) as f:
+            f.write(text.getvalue().encode())
 
 
 class StageRun:
@@ -368,7 +361,8 @@ def save_checkpoint(q_net: torch.nn.Module, path: Path, step: int, game: str, co
     if path.exists():
         logger.info('%s %s exists from an earlier run; not overwritten, not evaluated.', prefix, path.name)
         return
-    save_atomic(lambda tmp: torch.save(q_net.state_dict(), tmp), path)
+    with atomic_write(path) as f:  # readers glob model_*.pt and never see a partial file
+        torch.save(q_net.state_dict(), f)
     policy = DQNPolicy(path, N_ACTIONS, epsilon=config.eval_epsilon, seed=eval_seed)
     returns = evaluate(policy, game, config.eval_episodes, eval_seed, config.eval_max_steps)
     scores.add(step, path.name, returns)

@@ -25,6 +25,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from mlflow.tracking import MlflowClient
 
+from pydreamer.atomic import atomic_write
 from pydreamer.episodes import EpisodeFile
 
 # The prefix of mlflow's own staging files (local_artifact_repo._TEMP_ARTIFACT_PREFIX). Its local
@@ -147,16 +148,6 @@ def _copy_atomically(src: str | os.PathLike, dst_dir: str, name: str) -> None:
     # mlflow 3.17's local store stages uploads too, but older versions copied in place; doing it
     # here keeps the guarantee whatever the version and adds an fsync before the rename.
     os.makedirs(dst_dir, exist_ok=True)
-    tmp = os.path.join(dst_dir, f'{STAGING_PREFIX}{uuid.uuid4().hex}.{name}')
-    try:
-        with open(src, 'rb') as fin, open(tmp, 'xb') as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, os.path.join(dst_dir, name))
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, OSError):  # e.g. a full disk: name the file, not its staging name
-            e.filename = os.path.join(dst_dir, name)
-        raise
+    with open(src, 'rb') as fin, atomic_write(os.path.join(dst_dir, name),
+                                              f'{STAGING_PREFIX}{uuid.uuid4().hex}.{name}') as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)

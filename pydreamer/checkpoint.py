@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import tempfile
 from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from pydreamer.artifacts import ArtifactFolder
+from pydreamer.atomic import atomic_write
 
 if TYPE_CHECKING:
     import torch
@@ -62,18 +61,8 @@ def save_checkpoint(path: Path, step: int, model: torch.nn.Module,
     # while a plain write raises the OSError that says so.
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):  # name the file, not its temporary name
-            e.filename = str(path)
-        raise
+    with atomic_write(path) as f:
+        f.write(buffer.getbuffer())
 
 
 def read_checkpoint(path: Path, mmap: bool = False, name: str | None = None) -> dict:

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import colorsys
 import functools
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +24,8 @@ import numpy as np
 import torch
 import yaml
 from PIL import Image, ImageDraw, ImageFont
+
+from pydreamer.atomic import atomic_write
 
 CATEGORY_COLOURS = np.array(
     [(0, 0, 0)] + [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / 10, 0.75, 1.0)) for i in range(10)],
@@ -270,16 +270,9 @@ def dream_strip(rows: list[np.ndarray], categorical: bool, labels: list[str] | N
 
 
 def save_gif(images: list[Image.Image], path: Path, frame_ms: int) -> None:
-    """An animated GIF (looping), written under a temporary name and renamed."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
-    try:
-        images[0].save(tmp, format='GIF', save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """An animated GIF (looping), written atomically."""
+    with atomic_write(path) as f:
+        images[0].save(f, format='GIF', save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
 
 
 @torch.no_grad()

@@ -16,13 +16,14 @@ import os
 import posixpath
 import re
 import tempfile
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
+
+from pydreamer.atomic import atomic_write
 
 REQUIRED_KEYS = ('action', 'reward', 'terminal', 'reset')
 OBSERVATION_KEYS = ('image', 'vecobs')  # a file holds at least one of them
@@ -114,20 +115,8 @@ def save_episode(path: str | os.PathLike, data: Mapping[str, np.ndarray]) -> Non
     reason = _invalid_reason(data)
     if reason:
         raise ValueError(f'Episode data for {path} is invalid: {reason}.')
-    # A dot-prefixed name that the file-name regex rejects, in the same folder so that the
-    # final os.replace is an atomic rename on the same file system.
-    tmp = path.with_name(f'.{path.name}.{uuid.uuid4().hex}.tmp')
-    try:
-        with open(tmp, 'xb') as f:
-            np.savez_compressed(f, **_to_stored(data))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):  # e.g. a full disk: name the file, not its temporary name
-            e.filename = str(path)
-        raise
+    with atomic_write(path) as f:  # its dot-prefixed temporary name is rejected by the file-name regex
+        np.savez_compressed(f, **_to_stored(data))
 
 
 def load_episode(path: str | os.PathLike, name: str | None = None) -> dict[str, np.ndarray]:
