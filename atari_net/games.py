@@ -1,7 +1,6 @@
 """ALE game names, native screen sizes and the minimal → environment action mapping."""
 from __future__ import annotations
 
-import difflib
 import functools
 from dataclasses import dataclass
 
@@ -9,8 +8,7 @@ import ale_py
 from ale_py import roms
 from ale_py.registration import rom_id_to_name
 
-# Our env ids (DESIGN §3): `Atari-Space_Invaders`, `AtariGray-Pong`.
-_ENV_ID_PREFIXES = ('Atari-', 'AtariGray-')
+from pydreamer.envs import ale_rom_id
 
 
 @dataclass(frozen=True)
@@ -25,36 +23,10 @@ class AleGame:
     env_actions: tuple[int, ...]
 
 
-def _key(name: str) -> str:
-    return name.replace('_', '').lower()
-
-
-@functools.cache
-def _rom_ids_by_key() -> dict[str, str]:
-    return {_key(rom_id): rom_id for rom_id in roms.get_all_rom_ids()}
-
-
-def ale_game_name(env_id: str) -> str:
-    """'Atari-Space_Invaders', 'AtariGray-Pong', 'SpaceInvaders' or 'space_invaders' → ALE name."""
-    game = env_id
-    for prefix in _ENV_ID_PREFIXES:
-        game = game.removeprefix(prefix)
-    rom_id = _rom_ids_by_key().get(_key(game))
-    if rom_id is None:
-        names = [rom_id_to_name(r) for r in _rom_ids_by_key().values()]
-        close = difflib.get_close_matches(rom_id_to_name(game), names, n=3)
-        hint = f' Did you mean {", ".join(close)}?' if close else ''
-        raise ValueError(f'Unknown Atari game {env_id!r}; expected an ALE game name such as '
-                         f'Pong or SpaceInvaders, optionally as Atari-<Game> or '
-                         f'AtariGray-<Game>.{hint}')
-    return rom_id_to_name(rom_id)
-
-
 @functools.cache
 def ale_game(game: str) -> AleGame:
     """The facts about one game, read from its ROM once per process (~0.1 s)."""
-    name = ale_game_name(game)
-    rom_id = _rom_ids_by_key()[_key(name)]
+    rom_id = ale_rom_id(game)
     # Same logger level as the gymnasium AtariEnv sets, so loading a ROM prints no banner.
     ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
     ale = ale_py.ALEInterface()
@@ -62,7 +34,7 @@ def ale_game(game: str) -> AleGame:
     minimal = tuple(action.value for action in ale.getMinimalActionSet())
     legal = [action.value for action in ale.getLegalActionSet()]
     return AleGame(
-        name=name,
+        name=rom_id_to_name(rom_id),
         rom_id=rom_id,
         screen_shape=tuple(ale.getScreenDims()),
         minimal_actions=minimal,

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pydreamer.checkpoint import CheckpointError
+
 GRID = 10  # MinAtar observations are 10×10×C
 HIDDEN = 128
 
@@ -24,10 +26,6 @@ CONV_KEYS = frozenset({'conv.weight', 'conv.bias', 'fc_hidden.weight', 'fc_hidde
                        'output.weight', 'output.bias'})
 MLP_KEYS = frozenset({'layer1.weight', 'layer1.bias', 'layer2.weight', 'layer2.bias',
                       'layer3.weight', 'layer3.bias'})
-
-
-class CheckpointError(ValueError):
-    """A DQN checkpoint that cannot be used for the requested game."""
 
 
 class ConvQNetwork(nn.Module):

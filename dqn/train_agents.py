@@ -29,7 +29,6 @@ import csv
 import dataclasses
 import io
 import logging
-import re
 import sys
 import time
 from collections import deque
@@ -52,10 +51,11 @@ from dqn.policy import N_ACTIONS, DQNPolicy
 from pydreamer.atomic import atomic_write
 from pydreamer.cli import run_cli
 from pydreamer.config import ConfigError
+from pydreamer.envs import MINATAR_GAMES, EnvError, minatar_game, minatar_module
 from pydreamer.tracking import parse_tags
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-GAMES = ('asterix', 'breakout', 'freeway', 'seaquest', 'space_invaders')
+GAMES = tuple(minatar_module(game) for game in MINATAR_GAMES)  # the folder names, as minatar calls them
 
 logger = logging.getLogger('dqn')
 
@@ -99,11 +99,10 @@ class TrainConfig:
 
 def game_module(name: str) -> str:
     """MinAtar's module name (`space_invaders`) for `space_invaders`, `SpaceInvaders` or `MinAtar/SpaceInvaders-v0`."""
-    base = re.sub(r'-v\d+$', '', name.removeprefix('MinAtar/'))
-    module = re.sub(r'(?<=[a-z])(?=[A-Z])', '_', base).lower().replace('-', '_')
-    if module not in GAMES:
-        raise ConfigError(f'Unknown MinAtar game {name!r}; expected one of {", ".join(GAMES)}.')
-    return module
+    try:
+        return minatar_module(minatar_game(name))
+    except EnvError:
+        raise ConfigError(f'Unknown MinAtar game {name!r}; expected one of {", ".join(GAMES)}.') from None
 
 
 def output_root(config: TrainConfig) -> Path:

@@ -20,6 +20,7 @@ A time limit ends the episode with truncated=True and leaves `terminated` as the
 it, so a game over on the last allowed step is still terminal.
 """
 
+import difflib
 import functools
 import re
 import warnings
@@ -29,6 +30,7 @@ import ale_py
 import cv2
 import gymnasium
 import numpy as np
+from ale_py.registration import rom_id_to_name
 from gymnasium.wrappers import AtariPreprocessing
 
 from pydreamer.lean_imports import hidden_modules
@@ -76,11 +78,11 @@ class UnknownEnvError(EnvError):
     """An environment id that matches none of the accepted forms."""
 
 
-def _unknown_env(env_id: str) -> UnknownEnvError:
+def _unknown_env(env_id: str, hint: str = '') -> UnknownEnvError:
     return UnknownEnvError(
         f"Unknown environment id {env_id!r}: expected MinAtar/<Game>-v0|v1 with <Game> one of "
         f"{', '.join(MINATAR_GAMES)}, Atari-<Game> or AtariGray-<Game> with an ALE game name "
-        f"(e.g. Atari-Space_Invaders), or a registered gymnasium id.")
+        f"(e.g. Atari-Space_Invaders), or a registered gymnasium id.{hint}")
 
 
 def env_id_list(env_id) -> list[str]:
@@ -100,12 +102,39 @@ def _register_envs() -> None:
     gymnasium.register_envs(ale_py)
 
 
+def _ale_key(name: str) -> str:
+    return name.replace('_', '').lower()
+
+
 @functools.cache
-def _ale_ids() -> dict[str, str]:
-    """Lower-case game name without separators -> ALE v5 id, e.g. 'spaceinvaders' -> 'ALE/SpaceInvaders-v5'."""
-    _register_envs()
-    pattern = re.compile(r'ALE/(\w+)-v5')
-    return {m[1].lower(): m[0] for m in map(pattern.fullmatch, gymnasium.registry) if m}
+def _ale_rom_ids() -> dict[str, str]:
+    """Lower-case game name without separators -> ale_py ROM id, e.g. 'spaceinvaders' -> 'space_invaders'."""
+    return {_ale_key(rom_id): rom_id for rom_id in ale_py.roms.get_all_rom_ids()}
+
+
+def ale_rom_id(env_id: str) -> str:
+    """The ROM of 'Atari-Space_Invaders', 'AtariGray-Pong', 'SpaceInvaders' or 'space_invaders'
+    (UnknownEnvError with the closest names for another)."""
+    rom_id = _ale_rom_ids().get(_ale_key(_ale_game(env_id)))
+    if rom_id is None:
+        raise UnknownEnvError(f'Unknown Atari game {env_id!r}; expected an ALE game name such as Pong or '
+                              f'SpaceInvaders, optionally as Atari-<Game> or AtariGray-<Game>.{_ale_hint(env_id)}')
+    return rom_id
+
+
+def _ale_game(env_id: str) -> str:
+    return re.sub(r'^(Atari-|AtariGray-)', '', env_id)
+
+
+def _ale_hint(env_id: str) -> str:
+    names = [rom_id_to_name(r) for r in _ale_rom_ids().values()]
+    close = difflib.get_close_matches(rom_id_to_name(_ale_game(env_id)), names, n=3)
+    return f' Did you mean {", ".join(close)}?' if close else ''
+
+
+def ale_game_name(env_id: str) -> str:
+    """The ALE (and atari-agents) name of an Atari env id or game: 'Atari-Space_Invaders' -> 'SpaceInvaders'."""
+    return rom_id_to_name(ale_rom_id(env_id))
 
 
 class Env:
@@ -282,11 +311,13 @@ def _atari_obs(screens: dict[str, np.ndarray], gray: bool) -> dict[str, np.ndarr
 
 
 def _make_atari(env_id: str, action_repeat: int) -> tuple[gymnasium.Env, ObsFn]:
-    prefix, _, game = env_id.partition('-')
-    ale_id = _ale_ids().get(game.replace('_', '').lower())
-    if ale_id is None:
-        raise _unknown_env(env_id)
-    env = gymnasium.make(ale_id, frameskip=1, repeat_action_probability=0.25, full_action_space=True)
+    prefix = env_id.partition('-')[0]
+    try:
+        name = ale_game_name(env_id)
+    except UnknownEnvError:
+        raise _unknown_env(env_id, _ale_hint(env_id)) from None
+    _register_envs()
+    env = gymnasium.make(f'ALE/{name}-v5', frameskip=1, repeat_action_probability=0.25, full_action_space=True)
     height, width = env.observation_space.shape[:2]
     frames = _GrayFrames(env, action_repeat)
     # At the native screen size AtariPreprocessing only skips frames, max-pools the last two

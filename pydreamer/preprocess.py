@@ -18,8 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pydreamer.models.functions import clip_rewards
-
 
 def _image(x: np.ndarray, conf, device) -> Tensor:
     if conf.image_categorical:
@@ -72,3 +70,17 @@ def preprocess_step(obs: dict[str, np.ndarray], conf, device='cpu') -> dict[str,
     batch = {k: np.asarray(v)[np.newaxis] for k, v in obs.items()}
     batch.setdefault('reward', np.zeros((1, B), np.float32))
     return preprocess(batch, conf, device)
+
+
+def clip_rewards(reward: Tensor, mode: str) -> Tensor:
+    """Reward squashing of the `clip_rewards` config key: none | tanh | log1p | sign."""
+    if mode in ('', 'none'):
+        return reward
+    if mode == 'tanh':
+        return torch.tanh(reward)
+    if mode == 'log1p':
+        # symmetric, so negative rewards below -1 stay finite (upstream's plain log1p gave NaN)
+        return torch.sign(reward) * torch.log1p(reward.abs())
+    if mode == 'sign':
+        return torch.sign(reward)
+    raise ValueError(f"clip_rewards must be none, tanh, log1p or sign, got {mode!r}.")

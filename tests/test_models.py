@@ -17,10 +17,10 @@ from pydreamer.models.decoders import MultiDecoder, image_loss
 from pydreamer.models.dreamer import Dreamer
 from pydreamer.models.encoders import MultiEncoder
 from pydreamer.models.functions import (
-    clip_rewards, kl_balanced, lambda_return, latent_entropy, latent_kl, latent_log_prob, sample_latent)
+    kl_balanced, lambda_return, latent_entropy, latent_kl, latent_log_prob, sample_latent)
 from pydreamer.models.rssm import RSSM
 from pydreamer.models.world_model import WorldModel
-from pydreamer.preprocess import preprocess, preprocess_step
+from pydreamer.preprocess import clip_rewards, preprocess, preprocess_step
 
 torch.set_num_threads(1)
 

@@ -19,16 +19,10 @@ from pydreamer.models.world_model import WorldModel
 ROLES = ('wm', 'actor', 'critic')
 
 
-def amp_enabled(setting, device_type: str) -> bool:
-    """The `amp` config key: auto (bf16 autocast on cpu only) | true | false."""
-    value = str(setting).lower()
-    if value == 'auto':
-        return device_type == 'cpu'
-    if value in ('true', 'yes', '1', 'on'):
-        return True
-    if value in ('false', 'no', '0', 'off'):
-        return False
-    raise ValueError(f"amp must be auto, true or false, got {setting!r}.")
+def amp_enabled(setting: str, device_type: str) -> bool:
+    """The `amp` config key (auto | true | false; the config checks the value and turns a bool
+    into its word): bf16 autocast, on for cpu with auto."""
+    return device_type == 'cpu' if setting == 'auto' else setting == 'true'
 
 
 class Dreamer(nn.Module):
@@ -42,7 +36,6 @@ class Dreamer(nn.Module):
         self.imag_horizon = conf.imag_horizon
         self.imag_starts = conf.imag_starts
         self.amp = conf.amp
-        amp_enabled(conf.amp, 'cpu')  # fail early on a bad value
         self.lr = {'wm': conf.adam_lr, 'actor': conf.adam_lr_actor, 'critic': conf.adam_lr_critic}
         self.grad_clip = {'wm': conf.grad_clip, 'actor': conf.grad_clip_ac, 'critic': conf.grad_clip_ac}
         self.adam_eps = conf.adam_eps

@@ -174,17 +174,3 @@ def logavgexp(x: Tensor, dim: int) -> Tensor:
     if x.shape[dim] == 1:
         return x.squeeze(dim)
     return x.logsumexp(dim) - math.log(x.shape[dim])
-
-
-def clip_rewards(reward: Tensor, mode: str) -> Tensor:
-    """Reward squashing of the `clip_rewards` config key: none | tanh | log1p | sign."""
-    if mode in ('', 'none'):
-        return reward
-    if mode == 'tanh':
-        return torch.tanh(reward)
-    if mode == 'log1p':
-        # symmetric, so negative rewards below -1 stay finite (upstream's plain log1p gave NaN)
-        return torch.sign(reward) * torch.log1p(reward.abs())
-    if mode == 'sign':
-        return torch.sign(reward)
-    raise ValueError(f"clip_rewards must be none, tanh, log1p or sign, got {mode!r}.")
