@@ -127,7 +127,7 @@ def table(rows: list[dict], random_return: float, at: list[int], end: float) -> 
         cells = [arm, str(seeds)] + [_cell(rows, arm, k, s if s is not None else end) for k, s in loss_cols] + \
                 [_cell(rows, arm, 'agent/return', s) for s in at] + [_cell(rows, arm, 'final/return', None)]
         lines.append('| ' + ' | '.join(cells) + ' |')
-    lines.append(f'| random policy | | ' + ' | '.join([''] * len(loss_cols)) + ' | ' +
+    lines.append('| random policy | | ' + ' | '.join([''] * len(loss_cols)) + ' | ' +
                  ' | '.join([f'{random_return:.2f}'] * (len(at) + 1)) + ' |')
     return '\n'.join(lines)
 

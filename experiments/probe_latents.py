@@ -49,7 +49,8 @@ from pydreamer import probes  # noqa: E402
 from pydreamer.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
 from pydreamer.cli import run_cli  # noqa: E402
 from pydreamer.config import ConfigError, build_config, load_sections  # noqa: E402
-from pydreamer.envs import MINATAR_GAMES, first_row, make_env, minatar_game, minatar_module, next_row  # noqa: E402
+from pydreamer.envs import MINATAR_GAMES, make_env, minatar_game, minatar_module  # noqa: E402
+from pydreamer.episodes import first_row, next_row  # noqa: E402
 from pydreamer.models.dreamer import Dreamer  # noqa: E402
 from pydreamer.policies import RandomPolicy  # noqa: E402
 from pydreamer.preprocess import preprocess, preprocess_step  # noqa: E402

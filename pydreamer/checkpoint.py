@@ -44,8 +44,7 @@ class UnreadableCheckpoint(CheckpointError):
 
 
 def save_checkpoint(path: Path, step: int, model: torch.nn.Module,
-                    optimizers: Mapping[str, torch.optim.Optimizer], conf: Mapping[str, Any],
-                    extra: Mapping[str, Any] | None = None) -> None:
+                    optimizers: Mapping[str, torch.optim.Optimizer], conf: Mapping[str, Any]) -> None:
     import torch
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +54,6 @@ def save_checkpoint(path: Path, step: int, model: torch.nn.Module,
         'model': model.state_dict(),
         'optimizers': {role: opt.state_dict() for role, opt in optimizers.items()},
         'config': dict(conf),
-        **(extra or {}),
     }
     # Serialised in memory first: torch's file writer reports a full disk as "unexpected pos",
     # while a plain write raises the OSError that says so.

@@ -38,7 +38,6 @@ from pydreamer.lean_imports import hidden_modules
 with hidden_modules('matplotlib', 'seaborn'):  # minatar's renderer; frames are coloured by pydreamer.dreams
     import minatar.gym
 
-STORED_KEYS = ('image', 'vecobs')
 
 MINATAR_GAMES = ('Asterix', 'Breakout', 'Freeway', 'Seaquest', 'SpaceInvaders')
 MINATAR_CATEGORIES = 11  # empty + Seaquest's 10 channels, the most of any game
@@ -352,22 +351,3 @@ def _make_gymnasium(env_id: str, action_repeat: int) -> tuple[gymnasium.Env, Obs
 
 
 # --- step records
-
-def _stored(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {key: obs[key].copy() for key in STORED_KEYS if key in obs}
-
-
-def first_row(obs: dict[str, np.ndarray], action_dim: int) -> dict:
-    """The step record of a reset observation: no action led to it."""
-    return {**_stored(obs), 'action': np.zeros(action_dim, np.float32), 'reward': np.float32(0),
-            'terminal': False, 'reset': True}
-
-
-def next_row(obs: dict[str, np.ndarray], action: int, action_dim: int, reward: float, terminated: bool) -> dict:
-    """The step record of the observation that `action` led to."""
-    if not 0 <= action < action_dim:
-        raise ValueError(f"Action {action} is outside 0..{action_dim - 1}.")
-    onehot = np.zeros(action_dim, np.float32)
-    onehot[action] = 1.0
-    return {**_stored(obs), 'action': onehot, 'reward': np.float32(reward),
-            'terminal': bool(terminated), 'reset': False}

@@ -159,6 +159,26 @@ def _stack_rows(rows: list[dict]) -> dict[str, np.ndarray]:
             for k in rows[0]}
 
 
+def _stored(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {key: obs[key].copy() for key in OBSERVATION_KEYS if key in obs}
+
+
+def first_row(obs: dict[str, np.ndarray], action_dim: int) -> dict:
+    """The step record of a reset observation: no action led to it."""
+    return {**_stored(obs), 'action': np.zeros(action_dim, np.float32), 'reward': np.float32(0),
+            'terminal': False, 'reset': True}
+
+
+def next_row(obs: dict[str, np.ndarray], action: int, action_dim: int, reward: float, terminated: bool) -> dict:
+    """The step record of the observation that `action` led to."""
+    if not 0 <= action < action_dim:
+        raise ValueError(f"Action {action} is outside 0..{action_dim - 1}.")
+    onehot = np.zeros(action_dim, np.float32)
+    onehot[action] = 1.0
+    return {**_stored(obs), 'action': onehot, 'reward': np.float32(reward),
+            'terminal': bool(terminated), 'reset': False}
+
+
 class EpisodeChunker:
     """Decides the file boundaries of a stream of steps.
 
@@ -182,10 +202,6 @@ class EpisodeChunker:
         self._running = False  # whether that episode may still get rows
         self._chunk = 0  # files already emitted that end inside the current episode
         self._keys: set[str] | None = None
-
-    @property
-    def buffered_steps(self) -> int:
-        return len(self._rows)
 
     def add(self, row: Mapping, episode_index: int, done: bool = False) -> list[tuple[EpisodeFile, dict]]:
         """Buffer one step. A row with reset=True starts episode `episode_index` (ending the previous

@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from pydreamer.artifacts import ArtifactFolder
 from pydreamer.config import Config
-from pydreamer.envs import Env, env_id_list, first_row, make_env, next_row
-from pydreamer.episodes import EpisodeChunker, EpisodeFile, resume_point, save_episode
+from pydreamer.envs import Env, env_id_list, make_env
+from pydreamer.episodes import EpisodeChunker, EpisodeFile, first_row, next_row, resume_point, save_episode
 from pydreamer.network_policy import NetworkPolicy
 from pydreamer.policies import make_policy
 from pydreamer.processes import stop_requested

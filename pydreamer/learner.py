@@ -50,7 +50,6 @@ class LearnerSpec:
     freeze: parameter-name prefixes that are never trained (e.g. 'wm.rssm.').
     prepare: called once on a fresh model (not on resume), e.g. to load pretrained weights;
         returns tags to record.
-    min_data_steps: wait until the data holds this many steps before training.
     wait_for_data: keep waiting for generators; when False, too little data is an error.
     """
     data_run_id: str | None = None
@@ -58,7 +57,6 @@ class LearnerSpec:
     wm_steps: int = 0
     freeze: tuple[str, ...] = ()
     prepare: Callable[[Dreamer], dict[str, str]] | None = None
-    min_data_steps: int = 0
     wait_for_data: bool = True
 
 
@@ -86,7 +84,7 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
     eval_index = EpisodeIndex(data_run, 'episodes_eval', conf.buffer_size, conf.listing_interval)
     # This run's own generators store their prefill first; part of it goes to the eval split.
     own_prefill = conf.generator_prefill_steps if data_run == run_id else 0
-    if not _wait_for_data(train_index, eval_index, max(spec.min_data_steps, conf.batch_size * conf.batch_length),
+    if not _wait_for_data(train_index, eval_index, conf.batch_size * conf.batch_length,
                           own_prefill, spec.wait_for_data):
         return
     batches = BatchStream(train_index, conf.batch_size, conf.batch_length, conf.reset_interval,

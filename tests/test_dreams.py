@@ -9,7 +9,8 @@ from pydreamer import tracking
 from pydreamer.config import build_config
 from pydreamer.dreams import (IMAGINED, OBSERVED, DreamLogger, animation, category_names, data_env_ids,
                               dream_frames, enlarge, save_gif, scale_for, to_rgb)
-from pydreamer.envs import first_row, make_env, next_row
+from pydreamer.envs import make_env
+from pydreamer.episodes import first_row, next_row
 from pydreamer.models.dreamer import Dreamer
 from pydreamer.preprocess import preprocess
 

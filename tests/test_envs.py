@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from pydreamer.envs import (
-    EnvError, MINATAR_CATEGORIES, STORED_KEYS, UnknownEnvError, first_row, make_env, minatar_image, next_row)
+    EnvError, MINATAR_CATEGORIES, UnknownEnvError, make_env, minatar_image)
+from pydreamer.episodes import OBSERVATION_KEYS, first_row, next_row
 
 MINATAR = {  # game: (channels, size of the minimal action set)
     'Asterix': (4, 5),
@@ -240,7 +241,7 @@ def test_rows():
 def test_rows_keep_only_stored_keys():
     row = first_row({'vecobs': np.ones(4, np.float32), 'screen_gray': np.zeros((2, 2), np.uint8)}, 2)
     assert 'vecobs' in row and 'screen_gray' not in row
-    assert set(STORED_KEYS) == {'image', 'vecobs'}
+    assert set(OBSERVATION_KEYS) == {'image', 'vecobs'}
 
 
 def test_time_limit_keeps_real_terminal():

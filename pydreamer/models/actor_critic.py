@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.distributions as D
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -50,33 +49,6 @@ class OneHotPolicy:
         return -(self.logp.exp() * self.logp).sum(-1)
 
 
-class ContinuousPolicy:
-    """Continuous actions from (..., 2A) outputs: `normal_tanh` = Normal(tanh(μ), σ ∈ [0.01, 1.01]),
-    `tanh_normal` = tanh(Normal(5·tanh(μ/5), softplus(σ) + 0.1)) with the base entropy (as pydreamer)."""
-
-    def __init__(self, out: Tensor, kind: str):
-        mean, std = out.float().chunk(2, -1)
-        if kind == 'normal_tanh':
-            self.base = D.Independent(D.Normal(torch.tanh(mean), torch.sigmoid(std) + 0.01), 1)
-            self.dist = self.base
-        else:
-            self.base = D.Independent(D.Normal(5 * torch.tanh(mean / 5), F.softplus(std) + 0.1), 1)
-            self.dist = D.TransformedDistribution(self.base, [D.TanhTransform(cache_size=1)])
-
-    def sample(self, straight_through: bool = False) -> Tensor:
-        return self.dist.rsample() if straight_through else self.dist.sample()
-
-    def mode(self) -> Tensor:
-        mean = self.base.mean
-        return mean if self.dist is self.base else torch.tanh(mean)
-
-    def log_prob(self, action: Tensor) -> Tensor:
-        return self.dist.log_prob(action)
-
-    def entropy(self) -> Tensor:
-        return self.base.entropy()
-
-
 class Imagined(NamedTuple):
     """An imagined batch: H+1 states of M trajectories, as dense features or, for discrete
     latents without gradients through the rollout (REINFORCE), as h and one-hot indices."""
@@ -84,7 +56,7 @@ class Imagined(NamedTuple):
     h: Tensor | None          # (H+1, M, D)
     z_index: Tensor | None    # (H+1, M, S) flat one-hot indices
     actions: Tensor           # (H, M, A)
-    actor_out: Tensor         # (H, M, A or 2A): actor outputs at states 0..H-1
+    actor_out: Tensor         # (H, M, A): actor logits at states 0..H-1
 
     def apply(self, mlp: MLP, start: int = 0, stop: int | None = None, detach: bool = False) -> Tensor:
         """mlp over the states start..stop-1 -> (stop - start, M, ...), as float32."""
@@ -105,19 +77,15 @@ class ActorCritic(nn.Module):
         super().__init__()
         if conf.actor_grad not in ('reinforce', 'dynamics'):
             raise ValueError(f"actor_grad must be reinforce or dynamics, got {conf.actor_grad!r}.")
-        if conf.actor_dist not in ('onehot', 'normal_tanh', 'tanh_normal'):
-            raise ValueError(f"actor_dist must be onehot, normal_tanh or tanh_normal, got {conf.actor_dist!r}.")
         self.actor_grad = conf.actor_grad
-        self.actor_dist = conf.actor_dist
         self.gamma = conf.gamma
         self.lambda_ = conf.lambda_gae
         self.entropy_final = conf.entropy
         self.entropy_initial = conf.entropy_initial
         self.entropy_anneal_steps = conf.entropy_anneal_steps
         self.target_interval = conf.target_interval
-        out_dim = conf.action_dim * (1 if conf.actor_dist == 'onehot' else 2)
         layers = conf.actor_critic_layers
-        self.actor = MLP(feature_dim, out_dim, conf.mlp_dim, layers, conf.layer_norm)
+        self.actor = MLP(feature_dim, conf.action_dim, conf.mlp_dim, layers, conf.layer_norm)
         self.critic = MLP(feature_dim, 1, conf.mlp_dim, layers, conf.layer_norm)
         self.critic_target = MLP(feature_dim, 1, conf.mlp_dim, layers, conf.layer_norm)
         if conf.zero_init_heads:
@@ -129,10 +97,8 @@ class ActorCritic(nn.Module):
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.register_buffer('train_steps', torch.zeros((), dtype=torch.long))
 
-    def distribution(self, actor_out: Tensor) -> OneHotPolicy | ContinuousPolicy:
-        if self.actor_dist == 'onehot':
-            return OneHotPolicy(actor_out)
-        return ContinuousPolicy(actor_out, self.actor_dist)
+    def distribution(self, actor_out: Tensor) -> OneHotPolicy:
+        return OneHotPolicy(actor_out)
 
     def entropy_weight(self) -> float:
         """The entropy weight η of the current actor step: `entropy`, or with a schedule linear from
