@@ -38,6 +38,7 @@ def bench(sections: list[str], env_id: str, policy: str, steps: int) -> tuple[fl
     from pydreamer.checkpoint import RunCheckpoints, save_checkpoint
     from pydreamer.config import build_config
     from pydreamer.models.dreamer import Dreamer
+    from pydreamer.train_step import init_optimizers
     conf = build_config(['defaults', *sections]).replace(
         env_id=env_id, n_env_steps=steps, generator_workers=1, generator_prefill_steps=0, policy_main=policy,
         metrics_interval=5)
@@ -46,7 +47,7 @@ def bench(sections: list[str], env_id: str, policy: str, steps: int) -> tuple[fl
         with tempfile.TemporaryDirectory() as tmp:
             model = Dreamer(conf)
             path = Path(tmp) / 'latest.pt'
-            save_checkpoint(path, 1, model, model.init_optimizers(), conf.to_dict())
+            save_checkpoint(path, 1, model, init_optimizers(model, conf), conf.to_dict())
             RunCheckpoints(run_id).upload(path)
         torch.manual_seed(0)
     start = time.perf_counter()

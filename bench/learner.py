@@ -54,22 +54,23 @@ def time_steps(conf, run_id: str, steps: int, wm_only: bool) -> dict[str, float]
     from pydreamer.data import BatchStream, EpisodeIndex
     from pydreamer.models.dreamer import Dreamer
     from pydreamer.preprocess import preprocess
+    from pydreamer.train_step import init_optimizers, train_step
     torch.manual_seed(0)
     model = Dreamer(conf, wm_only=wm_only)
-    optimizers = model.init_optimizers()
+    optimizers = init_optimizers(model, conf)
     index = EpisodeIndex(run_id, 'episodes', conf.buffer_size, 3600)
     index.refresh(force=True)
     stream = BatchStream(index, conf.batch_size, conf.batch_length, conf.reset_interval, True, seed=0)
     state = model.init_state(conf.batch_size)
     totals = {'data': 0.0, 'train': 0.0}
     with FlopCounterMode(display=False) as counter:  # the first step warms up kernels and is not timed
-        state, _ = model.train_step(preprocess(stream.next(), conf), state, optimizers)
+        state, _ = train_step(model, preprocess(stream.next(), conf), state, optimizers)
     totals['gflop'] = counter.get_total_flops() / 1e9
     for _ in range(steps):
         t0 = time.perf_counter()
         obs = preprocess(stream.next(), conf)
         t1 = time.perf_counter()
-        state, _ = model.train_step(obs, state, optimizers)
+        state, _ = train_step(model, obs, state, optimizers)
         totals['data'] += (t1 - t0) / steps
         totals['train'] += (time.perf_counter() - t1) / steps
     index.close()

@@ -283,7 +283,7 @@ def dream_frames(model, obs: dict, n: int, context: int, use_actor: bool, env_id
     sub = {k: v[:, :n] for k, v in obs.items()}
     state = model.init_state(n)
     with model.autocast():
-        posterior = model.wm.training_step(sub, state, do_image_pred=True).tensors['image_rec']
+        posterior = model.wm.loss(sub, state, do_image_pred=True).tensors['image_rec']
     dream = model.dream(sub, state, context=context, use_actor=use_actor)['image_pred']
     T = sub['image'].shape[0]
     index = sub['env_id'].long().cpu().numpy() if 'env_id' in sub else np.zeros((T, n), int)  # (T, n)

@@ -27,6 +27,7 @@ from pydreamer.models.dreamer import Dreamer
 from pydreamer.preprocess import preprocess
 from pydreamer.processes import StageError, stop_requested
 from pydreamer.tracking import MetricsLogger, client
+from pydreamer.train_step import init_optimizers, train_step
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
     for name, param in model.named_parameters():
         if name.startswith(spec.freeze):
             param.requires_grad_(False)  # frozen parameters get no gradient, so AdamW never moves them
-    optimizers = model.init_optimizers()
+    optimizers = init_optimizers(model, conf)
     checkpoints = RunCheckpoints(run_id)
     metrics_logger = MetricsLogger(run_id)
     work = tempfile.TemporaryDirectory(prefix='pydreamer-learner-')
@@ -115,7 +116,7 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
                 state = model.init_state(conf.batch_size)
             train_wm = not spec.wm_steps or step < spec.wm_steps
             train_ac = step >= conf.actor_warmup_steps
-            state, metrics = model.train_step(obs, state, optimizers, train_wm=train_wm, train_ac=train_ac)
+            state, metrics = train_step(model, obs, state, optimizers, train_wm=train_wm, train_ac=train_ac)
             t2 = time.time()
             step += 1
             bar.update(1)
@@ -254,7 +255,7 @@ def _evaluate(model: Dreamer, index: EpisodeIndex, conf: Config, device, metrics
     for _ in range(conf.eval_batches):
         obs = preprocess(stream.next(), conf, device)
         with model.autocast():
-            out = model.wm.training_step(obs, state, do_image_pred=score)
+            out = model.wm.loss(obs, state, do_image_pred=score)
         if score:
             dream = model.dream(obs, state, context=context)['image_pred']
             masks = {'': object_pixels(obs['image']), 'changed_': changed_pixels(obs['image'], obs['reset'])}

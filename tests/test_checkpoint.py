@@ -17,6 +17,7 @@ from pydreamer.config import build_config
 from pydreamer.episodes import EpisodeFile, save_episode
 from pydreamer.models.dreamer import Dreamer
 from pydreamer.pretrained import load_pretrained
+from pydreamer.train_step import init_optimizers
 
 DEBUG = ['defaults', 'minatar', 'debug']
 
@@ -30,7 +31,7 @@ def saved_model(path, conf, seed=1, step=7, edit=None) -> dict:
     before it is written. Returns the saved model state."""
     torch.manual_seed(seed)
     model = Dreamer(conf)
-    save_checkpoint(path, step, model, model.init_optimizers(), conf.to_dict())
+    save_checkpoint(path, step, model, init_optimizers(model, conf), conf.to_dict())
     if edit is not None:
         payload = torch.load(path, weights_only=True)
         edit(payload)
@@ -63,7 +64,7 @@ def test_restore_names_a_missing_optimizer_role(tmp_path):
     saved_model(path, config(), edit=lambda payload: payload['optimizers'].pop('critic'))
     model = Dreamer(config())
     with pytest.raises(CheckpointError, match=r"no optimizer state for role\(s\) \['critic'\]; it holds \['actor', 'wm'\]"):
-        restore(read_checkpoint(path), model, model.init_optimizers())
+        restore(read_checkpoint(path), model, init_optimizers(model, config()))
 
 
 def test_load_parts_all_loads_actor_and_critic_and_wm_only_the_world_model(tmp_path):

@@ -20,6 +20,7 @@ from pydreamer.envs import make_env
 from pydreamer.evaluation import read_source
 from pydreamer.models.dreamer import Dreamer
 from pydreamer.preprocess import preprocess
+from pydreamer.train_step import init_optimizers, train_step
 from tests.test_dreams import MINATAR, played_batch
 
 torch.set_num_threads(1)
@@ -39,11 +40,11 @@ def store(tmp_path_factory, mlflow_template_db):
         conf = build_config(MINATAR)
         torch.manual_seed(0)
         model = Dreamer(conf)
-        optimizers = model.init_optimizers()
+        optimizers = init_optimizers(model, conf)
         obs = preprocess(played_batch(conf, ['MinAtar/Breakout-v0'], conf.batch_length, conf.batch_size), conf)
         state = model.init_state(conf.batch_size)
         for _ in range(3):
-            state, _ = model.train_step(obs, state, optimizers)
+            state, _ = train_step(model, obs, state, optimizers)
         c = tracking.client()
         run_id = c.create_run(c.create_experiment('pydreamer'), run_name='trained').info.run_id
         save_checkpoint(work / 'latest.pt', 3, model, optimizers, conf.to_dict())

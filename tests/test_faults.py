@@ -36,6 +36,7 @@ from pydreamer.preprocess import preprocess
 from pydreamer.pretrained import load_pretrained
 from pydreamer.processes import StageError, disk_full_error
 from pydreamer.stage import check_resume
+from pydreamer.train_step import init_optimizers, train_step
 
 DEBUG = ['defaults', 'minatar', 'debug']
 
@@ -154,19 +155,19 @@ def test_a_step_with_a_nonfinite_loss_updates_nothing(store):
                      torch.device('cpu'))
     index.close()
     model = Dreamer(conf)
-    optimizers = model.init_optimizers()
-    model.train_step(obs, model.init_state(conf.batch_size), optimizers)  # the optimizers now hold moments
+    optimizers = init_optimizers(model, conf)
+    train_step(model, obs, model.init_state(conf.batch_size), optimizers)  # the optimizers now hold moments
 
     def snapshot():  # every parameter and every optimizer moment
         return [p.detach().clone() for p in model.parameters()] + \
                [t.clone() for opt in optimizers.values() for state in opt.state.values() for t in state.values()]
 
     before = snapshot()
-    _, metrics = model.train_step({**obs, 'reward': obs['reward'] * float('nan')}, model.init_state(conf.batch_size),
+    _, metrics = train_step(model, {**obs, 'reward': obs['reward'] * float('nan')}, model.init_state(conf.batch_size),
                                   optimizers)
     assert metrics['nonfinite_skipped'] == 1
     assert all(torch.equal(a, b) for a, b in zip(before, snapshot()))
-    _, metrics = model.train_step(obs, model.init_state(conf.batch_size), optimizers)
+    _, metrics = train_step(model, obs, model.init_state(conf.batch_size), optimizers)
     assert metrics['nonfinite_skipped'] == 0
     assert not all(torch.equal(a, b) for a, b in zip(before, snapshot()))
 

@@ -21,6 +21,7 @@ from pydreamer.models.functions import (
 from pydreamer.models.rssm import RSSM
 from pydreamer.models.world_model import WorldModel
 from pydreamer.preprocess import clip_rewards, preprocess, preprocess_step
+from pydreamer.train_step import init_optimizers, train_step
 
 torch.set_num_threads(1)
 
@@ -116,8 +117,7 @@ def test_encoder_decoder_shapes(sections, changes, embed_dim, T, B):
     assert encoder(obs).shape == (T, B, embed_dim)
     features = torch.randn(T, B, 2, 40)
     decoder = MultiDecoder(conf, 40)
-    loss, terms, outputs = decoder.training_step(features, obs, with_outputs=True)
-    assert loss.shape == (T, B, 2)
+    terms, outputs = decoder.loss(features, obs, with_outputs=True)
     assert all(term.shape == (T, B, 2) for term in terms.values())
     assert outputs['reward_rec'].shape == (T, B) and outputs['terminal_rec'].shape == (T, B)
     if decoder.image is not None:
@@ -242,11 +242,11 @@ def test_dreamer_training_step_shapes(sections, changes):
     for T, B in [(3, 2), (5, 1)]:
         model = Dreamer(conf)
         obs = make_obs(conf, T, B)
-        tensors = model.wm.training_step(obs, model.init_state(B), do_image_pred=True).tensors
+        tensors = model.wm.loss(obs, model.init_state(B), do_image_pred=True).tensors
         assert tensors['image_rec'].shape == tensors['image_pred'].shape == obs['image'].shape
         assert tensors['loss_kl'].shape == (T, B)
-        optimizers = model.init_optimizers()
-        out_state, metrics = model.train_step(obs, model.init_state(B), optimizers)
+        optimizers = init_optimizers(model, conf)
+        out_state, metrics = train_step(model, obs, model.init_state(B), optimizers)
         assert out_state[0].shape == (B * I, conf.deter_dim)
         for key in ('loss_model', 'loss_kl', 'loss_image', 'loss_reward', 'loss_terminal', 'entropy_prior',
                     'entropy_post', 'loss_actor', 'loss_critic', 'policy_entropy', 'policy_value',
@@ -259,9 +259,9 @@ def test_dreamer_training_step_shapes(sections, changes):
     obs = preprocess(batch, conf)
     blank_model, blank_optimizers = copy.deepcopy((model, optimizers))
     torch.manual_seed(1)
-    next_state, metrics = model.train_step(obs, out_state, optimizers)
+    next_state, metrics = train_step(model, obs, out_state, optimizers)
     torch.manual_seed(1)
-    _, blank_metrics = blank_model.train_step(obs, blank_model.init_state(B), blank_optimizers)
+    _, blank_metrics = train_step(blank_model, obs, blank_model.init_state(B), blank_optimizers)
     assert next_state[0].shape == (B * I, conf.deter_dim) and torch.isfinite(metrics['loss_model'])
     assert not torch.isclose(metrics['loss_model'], blank_metrics['loss_model'])
 
@@ -294,9 +294,9 @@ def test_wm_only_mode_skips_imagination():
     conf = config()
     model = Dreamer(conf, wm_only=True)
     obs = make_obs(conf, 4, 2)
-    optimizers = model.init_optimizers()
+    optimizers = init_optimizers(model, conf)
     before = [p.clone() for p in model.ac.parameters()]
-    _, metrics = model.train_step(obs, model.init_state(2), optimizers)
+    _, metrics = train_step(model, obs, model.init_state(2), optimizers)
     assert 'loss_actor' not in metrics and [k for k in metrics if k.startswith('grad_norm')] == ['grad_norm_wm']
     assert all(torch.equal(a, b) for a, b in zip(before, model.ac.parameters()))
     assert int(model.ac.train_steps) == 0
@@ -447,7 +447,7 @@ def test_kl_weight_scales_the_kl_term_of_the_world_model_loss():
     for kl_weight in (0.0, 0.1, 1.0):
         torch.manual_seed(0)  # the same weights for every kl_weight
         wm = WorldModel(config(kl_weight=kl_weight))
-        out = wm.training_step(obs, wm.init_state(B), noise=noise)
+        out = wm.loss(obs, wm.init_state(B), noise=noise)
         losses[kl_weight], kls[kl_weight] = out.loss.item(), out.metrics['loss_kl'].item()
     assert kls[0.0] > 0.1 and kls[0.0] == kls[0.1] == kls[1.0]
     for kl_weight in (0.1, 1.0):
@@ -465,13 +465,14 @@ def test_iwae_loss_averages_the_likelihoods_of_the_samples():
     wm = WorldModel(conf)
     noises = [torch.rand(T, B, conf.stoch_dim, 1) for _ in range(I)]
     with torch.no_grad():
-        loss = wm.training_step(obs, wm.init_state(B), noise=torch.stack(noises, 2).flatten(1, 2)).loss
+        loss = wm.loss(obs, wm.init_state(B), noise=torch.stack(noises, 2).flatten(1, 2)).loss
         per_sample = []
         for noise in noises:
             seq = wm.rssm(wm.encoder(obs), obs['action'], obs['reset'], wm.init_state(B), noise=noise)
             sampled_kl = (latent_log_prob(seq.post, seq.z, conf.stoch_discrete)
                           - latent_log_prob(seq.prior, seq.z, conf.stoch_discrete))
-            reconstruction, _, _ = wm.decoder.training_step(wm.rssm.feature(seq.h, seq.z), obs)
+            terms, _ = wm.decoder.loss(wm.rssm.feature(seq.h, seq.z), obs)
+            reconstruction = sum(wm.weights[name] * term for name, term in terms.items())
             per_sample.append((0.1 * sampled_kl + reconstruction)[:, :, 0].double())
     l1, l2 = per_sample
     expected = -torch.log(0.5 * (torch.exp(-l1) + torch.exp(-l2))).mean()
@@ -486,11 +487,11 @@ def test_debug_model_overfits_one_batch():
     torch.manual_seed(0)
     conf = config(adam_lr=1e-3)
     model = Dreamer(conf, wm_only=True)
-    optimizers = model.init_optimizers()
+    optimizers = init_optimizers(model, conf)
     obs = make_obs(conf, conf.batch_length, conf.batch_size)
     history = []
     for _ in range(100):
-        _, metrics = model.train_step(obs, model.init_state(conf.batch_size), optimizers)
+        _, metrics = train_step(model, obs, model.init_state(conf.batch_size), optimizers)
         history.append(metrics)
     for key in ('loss_model', 'loss_kl', 'loss_image', 'loss_reward', 'loss_terminal'):
         assert all(math.isfinite(m[key].item()) for m in history), key
@@ -550,7 +551,7 @@ def grads(module):
 
 def imagined_losses(model, obs):
     """The actor and critic losses of one batch, as train_step computes them, without stepping."""
-    wm = model.wm.training_step(obs, model.init_state(obs['reward'].shape[1]))
+    wm = model.wm.loss(obs, model.init_state(obs['reward'].shape[1]))
     imagined, reward, terminal = model.imagine(wm.states)
     loss_actor, targets, _ = model.ac.actor_loss(imagined, reward, terminal)
     return loss_actor, model.ac.critic_loss(imagined, targets)[0]
@@ -580,7 +581,7 @@ def test_dynamics_backprop_reaches_the_actor_through_the_rollout():
 
     # the same loss with the rollout detached gives the actor nothing
     model.zero_grad()
-    seq = model.wm.training_step(obs, model.init_state(2))
+    seq = model.wm.loss(obs, model.init_state(2))
     start = tuple(x.detach().flatten(0, 2) for x in seq.states)
     with frozen(model.wm):
         imagined = model.ac.imagine(model.wm.rssm, start, conf.imag_horizon)
@@ -596,10 +597,10 @@ def test_target_critic_is_a_hard_copy_every_interval():
     conf = config(target_interval=3)
     model = Dreamer(conf)
     obs = make_obs(conf, 3, 2)
-    optimizers = model.init_optimizers()
+    optimizers = init_optimizers(model, conf)
     for step in range(5):
         critic = [p.clone() for p in model.ac.critic.parameters()]
-        model.train_step(obs, model.init_state(2), optimizers)
+        train_step(model, obs, model.init_state(2), optimizers)
         copied = all(torch.equal(a, b) for a, b in zip(critic, model.ac.critic_target.parameters()))
         assert copied == (step % 3 == 0), step
     assert all(not p.requires_grad for p in model.ac.critic_target.parameters())
@@ -614,7 +615,7 @@ def test_bf16_autocast_agrees_with_fp32():
         twin = copy.deepcopy(model)
         twin.amp = amp
         torch.manual_seed(0)
-        _, metrics = twin.train_step(obs, twin.init_state(conf.batch_size), twin.init_optimizers())
+        _, metrics = train_step(twin, obs, twin.init_state(conf.batch_size), init_optimizers(twin, conf))
         assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in metrics.values())
         results[amp] = metrics
     for key in ('loss_model', 'loss_image', 'entropy_prior', 'entropy_post'):
@@ -627,9 +628,9 @@ def test_state_dict_round_trip():
     conf = config()
     obs = make_obs(conf, 4, 2)
     model = Dreamer(conf)
-    optimizers = model.init_optimizers()
+    optimizers = init_optimizers(model, conf)
     for _ in range(2):
-        model.train_step(obs, model.init_state(2), optimizers)
+        train_step(model, obs, model.init_state(2), optimizers)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     buffer.seek(0)
@@ -640,9 +641,21 @@ def test_state_dict_round_trip():
     for m in (model, fresh):
         torch.manual_seed(0)
         with torch.no_grad():
-            wm = m.wm.training_step(obs, m.init_state(2))
+            wm = m.wm.loss(obs, m.init_state(2))
             imagined, reward, terminal = m.imagine(wm.states)
             loss_actor, targets, _ = m.ac.actor_loss(imagined, reward, terminal)
         outputs.append((wm.out_state, {**wm.metrics, 'loss_actor': loss_actor, 'returns': targets.returns}))
     (sa, ma), (sb, mb) = outputs
     assert torch.equal(sa[0], sb[0]) and all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+def test_the_world_model_loss_is_its_weighted_terms():
+    conf = config(kl_weight=0.3, reward_weight=2.0)
+    wm = WorldModel(conf)
+    out = wm.loss(make_obs(conf, 4, 2), wm.init_state(2))
+    assert out.terms.keys() == wm.weights.keys() == {'kl', 'image', 'reward', 'terminal'}
+    assert wm.weights['kl'] == 0.3 and wm.weights['reward'] == 2.0
+    expected = sum(wm.weights[name] * term for name, term in out.terms.items()).mean()
+    assert torch.isclose(out.loss, expected)
+    with pytest.raises(AssertionError, match='loss terms'):
+        wm.weighted({'kl': out.terms['kl']})

@@ -17,6 +17,7 @@ from pydreamer.generator import _play_episode
 from pydreamer.models.dreamer import Dreamer
 from pydreamer.network_policy import NetworkPolicy
 from pydreamer.preprocess import preprocess
+from pydreamer.train_step import init_optimizers
 
 DEBUG = ['defaults', 'minatar', 'debug']
 
@@ -27,7 +28,7 @@ def publish(run_id, conf, step, tmp_path, seed=None, edit=None) -> dict:
     torch.manual_seed(step if seed is None else seed)
     model = Dreamer(conf)
     path = tmp_path / f'checkpoint-{step}' / 'latest.pt'
-    save_checkpoint(path, step, model, model.init_optimizers(), conf.to_dict())
+    save_checkpoint(path, step, model, init_optimizers(model, conf), conf.to_dict())
     if edit is not None:
         payload = torch.load(path, weights_only=True)
         edit(payload)

@@ -16,6 +16,7 @@ from pydreamer.cli import run_cli
 from pydreamer.config import build_config
 from pydreamer.envs import MINATAR_GAMES, make_env
 from pydreamer.models.dreamer import Dreamer
+from pydreamer.train_step import init_optimizers
 
 torch.set_num_threads(1)
 
@@ -173,7 +174,7 @@ def tiny_checkpoint(mlflow_local, tmp_path):
     torch.manual_seed(0)
     model = Dreamer(conf)
     path = tmp_path / 'latest.pt'
-    save_checkpoint(path, 7, model, model.init_optimizers(), conf.to_dict())
+    save_checkpoint(path, 7, model, init_optimizers(model, conf), conf.to_dict())
     c = tracking.client()
     run_id = c.create_run(c.create_experiment('pydreamer'), run_name='tiny').info.run_id
     c.log_artifact(run_id, str(path), 'checkpoints')

@@ -8,6 +8,7 @@ import torch
 
 from pydreamer.image_stats import ImageFloor, changed_pixels, object_pixels, pixel_accuracy
 from pydreamer.models.dreamer import Dreamer
+from pydreamer.train_step import init_optimizers, train_step
 from tests.test_models import config, make_obs
 
 torch.set_num_threads(1)
@@ -19,7 +20,7 @@ def test_zero_init_heads_predict_zero_reward_and_value_at_step_0():
     for zero in (False, True):
         torch.manual_seed(0)
         model = Dreamer(config(zero_init_heads=zero))
-        features = model.wm.training_step(obs, model.init_state(3)).features
+        features = model.wm.loss(obs, model.init_state(3)).features
         reward = model.wm.decoder.reward_mean(features)
         value, target = model.ac.critic(features), model.ac.critic_target(features)
         if zero:
@@ -32,10 +33,10 @@ def test_zero_init_heads_predict_zero_reward_and_value_at_step_0():
 def test_zero_init_heads_still_learn():
     torch.manual_seed(0)
     model = Dreamer(config(zero_init_heads=True))
-    optimizers = model.init_optimizers()
+    optimizers = init_optimizers(model, config())
     obs = make_obs(config(), 6, 3)
-    model.train_step(obs, model.init_state(3), optimizers)
-    model.train_step(obs, model.init_state(3), optimizers)
+    train_step(model, obs, model.init_state(3), optimizers)
+    train_step(model, obs, model.init_state(3), optimizers)
     assert model.wm.decoder.reward.model[-1].weight.abs().sum() > 0
     assert model.ac.critic.model[-1].weight.abs().sum() > 0
 
@@ -45,7 +46,7 @@ def test_imag_starts_sets_the_number_of_imagined_trajectories(imag_starts, expec
     torch.manual_seed(0)
     conf = config(imag_starts=imag_starts)
     model = Dreamer(conf)
-    wm = model.wm.training_step(make_obs(conf, 6, 3), model.init_state(3))
+    wm = model.wm.loss(make_obs(conf, 6, 3), model.init_state(3))
     imagined, reward, terminal = model.imagine(wm.states)
     assert imagined.actions.shape[:2] == (conf.imag_horizon, expected)
     assert reward.shape == (conf.imag_horizon, expected) and terminal.shape == (conf.imag_horizon + 1, expected)
@@ -55,7 +56,7 @@ def test_imag_starts_draws_distinct_states_each_step():
     torch.manual_seed(0)
     conf = config(imag_starts=4)
     model = Dreamer(conf)
-    wm = model.wm.training_step(make_obs(conf, 6, 3), model.init_state(3))
+    wm = model.wm.loss(make_obs(conf, 6, 3), model.init_state(3))
     all_h = wm.states[0].flatten(0, 2)                                       # (18, D)
     picks = []
     for _ in range(2):
@@ -71,9 +72,9 @@ def test_train_ac_false_leaves_actor_and_critic_unchanged():
     torch.manual_seed(0)
     conf = config()
     model = Dreamer(conf)
-    optimizers = model.init_optimizers()
+    optimizers = init_optimizers(model, conf)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    _, metrics = model.train_step(make_obs(conf, 6, 3), model.init_state(3), optimizers, train_ac=False)
+    _, metrics = train_step(model, make_obs(conf, 6, 3), model.init_state(3), optimizers, train_ac=False)
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith('wm.') for k in changed)
@@ -83,11 +84,11 @@ def test_train_ac_false_leaves_actor_and_critic_unchanged():
 def test_entropy_schedule_moves_linearly_from_initial_to_final():
     conf = config(entropy=0.001, entropy_initial=0.03, entropy_anneal_steps=10)
     model = Dreamer(conf)
-    optimizers = model.init_optimizers()
+    optimizers = init_optimizers(model, conf)
     obs = make_obs(conf, 4, 2)
     weights = []
     for _ in range(12):
-        _, metrics = model.train_step(obs, model.init_state(2), optimizers)
+        _, metrics = train_step(model, obs, model.init_state(2), optimizers)
         weights.append(float(metrics['policy_entropy_weight']))
     assert weights[0] == pytest.approx(0.03)
     assert weights[5] == pytest.approx(0.03 + (0.001 - 0.03) * 0.5)
@@ -99,7 +100,7 @@ def test_entropy_schedule_moves_linearly_from_initial_to_final():
 def test_policy_probabilities_are_logged_and_sum_to_one():
     conf = config()
     model = Dreamer(conf)
-    _, metrics = model.train_step(make_obs(conf, 4, 2), model.init_state(2), model.init_optimizers())
+    _, metrics = train_step(model, make_obs(conf, 4, 2), model.init_state(2), init_optimizers(model, conf))
     probs = [float(metrics[f'policy_prob_{i}']) for i in range(conf.action_dim)]
     assert sum(probs) == pytest.approx(1.0, abs=1e-5) and min(probs) > 0
     assert f'policy_prob_{conf.action_dim}' not in metrics

@@ -123,8 +123,6 @@ class MultiDecoder(nn.Module):
         if conf.image_loss == 'categorical' and not conf.image_categorical:
             raise ValueError('image_loss categorical needs categorical images (image_categorical true).')
         self.image_loss = conf.image_loss
-        self.weights = {'image': conf.image_weight, 'vecobs': conf.vecobs_weight,
-                        'reward': conf.reward_weight, 'terminal': conf.terminal_weight}
         self.image = image_decoder(conf, features_dim)
         self.vecobs = MLP(features_dim, conf.vecobs_size, 400, 4, conf.layer_norm) if conf.vecobs_size else None
         self.reward = MLP(features_dim, 1, conf.mlp_dim, conf.reward_decoder_layers, conf.layer_norm)
@@ -143,13 +141,13 @@ class MultiDecoder(nn.Module):
     def terminal_prob(self, features: Tensor) -> Tensor:
         return torch.sigmoid(self.terminal(features).float())  # (...)
 
-    def training_step(self, features: Tensor, obs: dict[str, Tensor], with_outputs: bool = False
-                      ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    def loss(self, features: Tensor, obs: dict[str, Tensor], with_outputs: bool = False
+             ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """features (T, B, I, F); obs tensors (T, B, ...).
 
-        Returns the weighted reconstruction loss (T, B, I), the unweighted terms {name: (T, B, I)}
-        and, with `with_outputs`, the decoded outputs averaged over I: image_rec (T, B, C, H, W),
-        reward_rec and terminal_rec (T, B), vecobs_rec (T, B, V).
+        Returns the reconstruction terms {image, vecobs (those decoded), reward, terminal: (T, B, I)},
+        unweighted, and, with `with_outputs`, the decoded outputs averaged over I: image_rec
+        (T, B, C, H, W), reward_rec and terminal_rec (T, B), vecobs_rec (T, B, V).
         """
         assert features.dim() == 4, f'features must be (T, B, I, F), got {tuple(features.shape)}'
         terms: dict[str, Tensor] = {}
@@ -171,5 +169,4 @@ class MultiDecoder(nn.Module):
         if with_outputs:
             outputs['reward_rec'] = reward.float().mean(2)
             outputs['terminal_rec'] = torch.sigmoid(terminal.float()).mean(2)
-        loss = sum(self.weights[name] * term for name, term in terms.items())
-        return loss, terms, outputs
+        return terms, outputs

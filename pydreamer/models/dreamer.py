@@ -1,8 +1,5 @@
-"""Dreamer = world model + actor-critic, with optimizers by role and the single-step policy.
-
-Roles: 'wm' (encoder, RSSM, decoders), 'actor', 'critic'. Each role has its own AdamW and
-its own gradient-norm clip; the target critic is not trained (hard copies of the critic).
-"""
+"""Dreamer = world model + actor-critic: imagination, the single-step policy and dreams. Its
+training step and optimizers are in pydreamer/train_step.py."""
 from __future__ import annotations
 
 import contextlib
@@ -15,9 +12,6 @@ from pydreamer.models.actor_critic import ActorCritic, Imagined
 from pydreamer.models.common import frozen
 from pydreamer.models.rssm import State
 from pydreamer.models.world_model import WorldModel
-
-ROLES = ('wm', 'actor', 'critic')
-
 
 def amp_enabled(setting: str, device_type: str) -> bool:
     """The `amp` config key (auto | true | false; the config checks the value and turns a bool
@@ -36,10 +30,6 @@ class Dreamer(nn.Module):
         self.imag_horizon = conf.imag_horizon
         self.imag_starts = conf.imag_starts
         self.amp = conf.amp
-        self.lr = {'wm': conf.adam_lr, 'actor': conf.adam_lr_actor, 'critic': conf.adam_lr_critic}
-        self.grad_clip = {'wm': conf.grad_clip, 'actor': conf.grad_clip_ac, 'critic': conf.grad_clip_ac}
-        self.adam_eps = conf.adam_eps
-        self.weight_decay = conf.weight_decay
 
     @property
     def device(self) -> torch.device:
@@ -52,64 +42,8 @@ class Dreamer(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(device_type, dtype=torch.bfloat16)
 
-    def role_parameters(self, role: str) -> list[nn.Parameter]:
-        module = {'wm': self.wm, 'actor': self.ac.actor, 'critic': self.ac.critic}[role]
-        return list(module.parameters())
-
     def init_state(self, batch_size: int) -> State:
         return self.wm.init_state(batch_size)
-
-    def init_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        fused = self.device.type == 'cpu'  # the fused CPU kernel is several times faster than the loop
-        return {role: torch.optim.AdamW(self.role_parameters(role), lr=self.lr[role], eps=self.adam_eps,
-                                        weight_decay=self.weight_decay, fused=fused)
-                for role in ROLES}
-
-    def train_step(self, obs: dict[str, Tensor], in_state: State, optimizers: dict[str, torch.optim.Optimizer],
-                   train_wm: bool = True, train_ac: bool = True) -> tuple[State, dict[str, Tensor]]:
-        """One gradient step of every role on a batch. obs: preprocessed (T, B, ...) tensors;
-        in_state of B (or B·I) rows. Returns (out_state, scalar metrics incl. grad_norm_<role>, and
-        nonfinite_skipped: 1 when a loss or gradient was not finite and no parameter was updated).
-
-        Each loss is back-propagated as soon as it is known, so its graph is freed before the
-        next one is built: peak memory is the largest of the world model's, the actor's rollout
-        and the critic's graphs rather than their sum. The optimizers step after all backward
-        passes, so every part sees the parameters the batch started with, as upstream's single
-        summed backward. With train_wm False the world model only infers states (no graph); with
-        train_ac False (actor warm-up) there is no imagination and actor and critic stay as they are.
-        """
-        train_ac = train_ac and not self.wm_only
-        roles = (['wm'] if train_wm else []) + (['actor', 'critic'] if train_ac else [])
-        for role in roles:
-            optimizers[role].zero_grad(set_to_none=True)
-        with torch.set_grad_enabled(train_wm), self.autocast():
-            wm = self.wm.training_step(obs, in_state)
-        losses = [wm.loss] if train_wm else []
-        if train_wm:
-            wm.loss.backward()
-        metrics = dict(wm.metrics)
-        if train_ac:
-            imagined, reward, terminal = self.imagine(wm.states)
-            with self.autocast():
-                loss_actor, targets, metrics_actor = self.ac.actor_loss(imagined, reward, terminal)
-            loss_actor.backward()
-            with self.autocast():
-                loss_critic, metrics_critic = self.ac.critic_loss(imagined, targets)
-            loss_critic.backward()
-            metrics.update(metrics_actor, **metrics_critic)
-            losses += [loss_actor, loss_critic]
-        for role in roles:
-            params = [p for p in optimizers[role].param_groups[0]['params'] if p.grad is not None]
-            metrics[f'grad_norm_{role}'] = nn.utils.clip_grad_norm_(params, self.grad_clip[role], foreach=True)
-        # One non-finite loss or gradient norm would make every parameter it reaches NaN (clipping
-        # scales by it): no role steps, as under AMP's GradScaler, and the optimizer states stay.
-        checked = [t.detach().float() for t in losses] + [metrics[f'grad_norm_{role}'] for role in roles]
-        finite = bool(torch.isfinite(torch.stack(checked)).all()) if checked else True
-        if finite:
-            for role in roles:
-                optimizers[role].step()
-        metrics['nonfinite_skipped'] = torch.tensor(0.0 if finite else 1.0)
-        return wm.out_state, {k: v.detach() for k, v in metrics.items()}
 
     def imagine(self, states: State) -> tuple[Imagined, Tensor, Tensor]:
         """Imagined trajectories from the posterior states (h (T, B, I, D), z (T, B, I, Z)),

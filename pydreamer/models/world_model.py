@@ -17,6 +17,7 @@ from pydreamer.models.rssm import RSSM, State
 
 class WorldModelOutput(NamedTuple):
     loss: Tensor                    # scalar
+    terms: dict[str, Tensor]        # the unweighted terms of the loss (T, B, I): kl and the reconstructions
     features: Tensor                # (T, B, I, F)
     states: State                   # h (T, B, I, D), z (T, B, I, Z): every posterior state
     out_state: State                # ((B·I, D), (B·I, Z)), detached
@@ -28,12 +29,17 @@ class WorldModel(nn.Module):
 
     def __init__(self, conf):
         super().__init__()
-        self.kl_weight = conf.kl_weight
         self.kl_balance = conf.kl_balance
         self.iwae_samples = conf.iwae_samples
         self.encoder = MultiEncoder(conf)
         self.rssm = RSSM(conf, self.encoder.out_dim)
         self.decoder = MultiDecoder(conf, self.rssm.feature_dim)
+        # the weight of each term of the loss (DreamerV2 eq. 2: β for the KL)
+        self.weights = {'kl': conf.kl_weight, 'reward': conf.reward_weight, 'terminal': conf.terminal_weight}
+        if self.decoder.image is not None:
+            self.weights['image'] = conf.image_weight
+        if self.decoder.vecobs is not None:
+            self.weights['vecobs'] = conf.vecobs_weight
         init_weights_tf2(self)
         if conf.zero_init_heads:
             # DreamerV3: predict reward 0 at the start instead of a random ±1 that imagination
@@ -48,12 +54,12 @@ class WorldModel(nn.Module):
     def init_state(self, batch_size: int) -> State:
         return self.rssm.init_state(batch_size)
 
-    def training_step(self, obs: dict[str, Tensor], in_state: State, iwae_samples: int | None = None,
-                      do_image_pred: bool = False, noise: Tensor | None = None) -> WorldModelOutput:
+    def loss(self, obs: dict[str, Tensor], in_state: State, iwae_samples: int | None = None,
+             do_image_pred: bool = False, noise: Tensor | None = None) -> WorldModelOutput:
         """obs: preprocessed tensors (T, B, ...): image, [vecobs], action, reward, terminal, reset.
 
-        loss = mean over (T, B) of -logavgexp_I(-(kl_weight·KL + Σ weight·reconstruction)),
-        which is the plain ELBO-style loss when iwae_samples == 1.
+        loss = mean over (T, B) of -logavgexp_I(-Σ weight·term) over the terms kl, image, vecobs,
+        reward and terminal, which is the plain ELBO-style loss when iwae_samples == 1.
         """
         I = iwae_samples or self.iwae_samples
         T, B = obs['reward'].shape[:2]
@@ -62,15 +68,14 @@ class WorldModel(nn.Module):
         seq = self.rssm(embed, obs['action'], obs['reset'], in_state, iwae_samples=I, noise=noise)
         features = self.rssm.feature(seq.h, seq.z)                            # (T, B, I, F)
         assert features.shape[:3] == (T, B, I)
-        loss_reconstr, terms, outputs = self.decoder.training_step(features, obs, with_outputs=do_image_pred)
+        terms, outputs = self.decoder.loss(features, obs, with_outputs=do_image_pred)
 
         kl = kl_balanced(seq.post, seq.prior, classes, self.kl_balance)       # {name: (T, B, I)}
         loss_kl = kl['loss']
         if I > 1:
             # IWAE needs the sampled KL, log q(z) - log p(z), so that samples can be weighted
             loss_kl = latent_log_prob(seq.post, seq.z, classes) - latent_log_prob(seq.prior, seq.z, classes)
-        loss_tbi = self.kl_weight * loss_kl + loss_reconstr                   # (T, B, I)
-        loss = -logavgexp(-loss_tbi, dim=2)                                   # (T, B)
+        loss = -logavgexp(-self.weighted({'kl': loss_kl, **terms}), dim=2)    # (T, B)
 
         with torch.no_grad():
             kl_exact, entropy_prior, entropy_post = kl['kl'], kl['entropy_prior'], kl['entropy_post']
@@ -83,15 +88,20 @@ class WorldModel(nn.Module):
             tensors.update(outputs)
             if do_image_pred:
                 self._one_step_prediction(seq, obs, metrics, tensors)
-        return WorldModelOutput(loss.mean(), features, (seq.h, seq.z), seq.out_state,
+        return WorldModelOutput(loss.mean(), {'kl': loss_kl, **terms}, features, (seq.h, seq.z), seq.out_state,
                                 {k: v.detach() for k, v in metrics.items()}, tensors)
+
+    def weighted(self, terms: dict[str, Tensor]) -> Tensor:
+        """Σ weight·term over the loss terms, which must be exactly those that have a weight."""
+        assert terms.keys() == self.weights.keys(), f'loss terms {sorted(terms)} but weights {sorted(self.weights)}'
+        return sum(self.weights[name] * term for name, term in terms.items())
 
     def _one_step_prediction(self, seq, obs: dict[str, Tensor], metrics: dict, tensors: dict) -> None:
         """Decode from a prior sample instead of the posterior: how well the model predicts each
         observation before seeing it. Adds loss_*_pred metrics and *_pred tensors."""
         z_prior = sample_latent(seq.prior, self.rssm.classes)
         features = self.rssm.feature(seq.h, z_prior)                          # (T, B, I, F)
-        _, terms, outputs = self.decoder.training_step(features, obs, with_outputs=True)
+        terms, outputs = self.decoder.loss(features, obs, with_outputs=True)
         metrics.update({f'loss_{name}_pred': term.mean() for name, term in terms.items()})
         tensors.update({k.replace('_rec', '_pred'): v for k, v in outputs.items()})
 
