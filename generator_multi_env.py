@@ -8,13 +8,7 @@ hold consecutive episodes of different games. Metrics go to `agent/*` and `agent
 """
 from __future__ import annotations
 
-from pydreamer.config import Config, ConfigError
-
-
-def check(conf: Config) -> None:
-    if isinstance(conf.env_id, str):
-        raise ConfigError(f'Config key env_id must be a list of env ids for the multi-env generator, '
-                          f'got the single id {conf.env_id!r}; write it as [{conf.env_id}].')
+from pydreamer.config import Config
 
 
 def run(conf: Config, run_id: str, worker: int) -> None:

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import sys
 
-import generator_multi_env
 from pydreamer.cli import Stage, run_cli
-from pydreamer.config import parse_args
+from pydreamer.config import Config, ConfigError, parse_args
 from pydreamer.processes import Child
 from pydreamer.stage import check_generator_config, run_stage
 
@@ -18,9 +17,15 @@ STAGE = Stage('launch_generator_multi_env', __doc__, ('defaults', 'minatar', 'ge
     'run and process control', 'environment', 'generators'))
 
 
+def check_env_list(conf: Config) -> None:
+    if isinstance(conf.env_id, str):
+        raise ConfigError(f'Config key env_id must be a list of env ids for the multi-env generator, '
+                          f'got the single id {conf.env_id!r}; write it as [{conf.env_id}].')
+
+
 def main(argv: list[str]) -> int:
     conf = parse_args(argv, default_sections=('defaults', 'minatar', 'generator_multi_env'))
-    generator_multi_env.check(conf)
+    check_env_list(conf)
     check_generator_config(conf)
     return run_stage(conf, 'generator_multi_env', lambda run_id: [
         Child(f'generator-{w}', 'generator_multi_env:run', (conf, run_id, w)) for w in range(conf.generator_workers)],

@@ -49,6 +49,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from dqn.networks import ARCHITECTURES, build_q_network
 from dqn.policy import N_ACTIONS, DQNPolicy
 from pydreamer.atomic import atomic_write
+from pydreamer.averages import every
 from pydreamer.cli import run_cli
 from pydreamer.config import ConfigError
 from pydreamer.envs import MINATAR_GAMES, EnvError, minatar_game, minatar_module
@@ -266,27 +267,10 @@ def train_game(game: str, config: TrainConfig, game_dir: Path, run: StageRun | N
     prefix = f'[dqn {game}]'
     steps = config.checkpoint_steps
     paths = {step: game_dir / f'model_{step}.pt' for step in steps}
-    if paths[steps[-1]].exists():
-        logger.info('%s final checkpoint %s exists; skipping this game.', prefix, paths[steps[-1]])
-        if run:
-            scores = ScoreTable(game_dir / 'scores.csv')
-            for policy in ['random'] + [p.name for p in paths.values() if p.exists()]:
-                run.publish(game, scores, policy)
-        return list(paths.values())
-    kept = [p.name for p in paths.values() if p.exists()]
-    if kept:
-        logger.info('%s the previous run was interrupted: training again from scratch; existing %s are kept '
-                    'and not overwritten.', prefix, ', '.join(kept))
-    game_dir.mkdir(parents=True, exist_ok=True)
-    scores = ScoreTable(game_dir / 'scores.csv')
     eval_seed = config.seed + 10_000  # the same evaluation episodes' randomness for every checkpoint
-    if 'random' not in scores.rows:
-        returns = evaluate(random_policy(eval_seed), game, config.eval_episodes, eval_seed, config.eval_max_steps)
-        scores.add(0, 'random', returns)
-        logger.info('%s random policy: eval return %.2f ± %.2f over %d episodes', prefix,
-                    np.mean(returns), np.std(returns), len(returns))
-    if run:
-        run.publish(game, scores, 'random')
+    scores = _start_game(game, config, game_dir, paths, run, eval_seed, prefix)
+    if scores is None:
+        return list(paths.values())
 
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -333,17 +317,9 @@ def train_game(game: str, config: TrainConfig, game_dir: Path, run: StageRun | N
             if updates % config.target_update == 0:
                 target_net.load_state_dict(q_net.state_dict())
 
-        if step % config.log_interval == 0 or step in paths:
-            recent = np.mean(recent_returns) if recent_returns else float('nan')
-            bar.set_postfix(ret=f'{recent:.2f}', eps=f'{epsilon:.2f}', refresh=False)
-            loss_text = f'{np.mean(recent_losses):.4f}' if recent_losses else '- (learning not started)'
+        if every(step, config.log_interval) or step in paths:
             fps = (step - last_log_step) / (time.time() - last_log_time)
-            logger.info('%s step %d: return %.2f (last %d episodes), loss %s, ε %.2f, %.0f steps/s',
-                        prefix, step, recent, len(recent_returns), loss_text, epsilon, fps)
-            if run:
-                run.metrics.log({f'agent/{game}/return': recent, f'agent/{game}/epsilon': epsilon,
-                                 f'train/{game}/loss': np.mean(recent_losses) if recent_losses else None,
-                                 f'train/{game}/fps': fps}, step)  # None and nan are not sent
+            _report(game, step, recent_returns, recent_losses, epsilon, fps, bar, run, prefix)
             if step in paths:
                 save_checkpoint(q_net, paths[step], step, game, config, scores, eval_seed, prefix)
                 if run:
@@ -352,6 +328,47 @@ def train_game(game: str, config: TrainConfig, game_dir: Path, run: StageRun | N
     bar.close()
     logger.info('%s done: %d steps in %.0f s.', prefix, steps[-1], time.time() - start)
     return list(paths.values())
+
+
+def _start_game(game: str, config: TrainConfig, game_dir: Path, paths: dict[int, Path], run: StageRun | None,
+                eval_seed: int, prefix: str) -> ScoreTable | None:
+    """The game's score table, with the random policy's row, for a game to train; None for a game
+    whose final checkpoint exists (its files are published again)."""
+    if paths[max(paths)].exists():
+        logger.info('%s final checkpoint %s exists; skipping this game.', prefix, paths[max(paths)])
+        if run:
+            scores = ScoreTable(game_dir / 'scores.csv')
+            for policy in ['random'] + [p.name for p in paths.values() if p.exists()]:
+                run.publish(game, scores, policy)
+        return None
+    kept = [p.name for p in paths.values() if p.exists()]
+    if kept:
+        logger.info('%s the previous run was interrupted: training again from scratch; existing %s are kept '
+                    'and not overwritten.', prefix, ', '.join(kept))
+    game_dir.mkdir(parents=True, exist_ok=True)
+    scores = ScoreTable(game_dir / 'scores.csv')
+    if 'random' not in scores.rows:
+        returns = evaluate(random_policy(eval_seed), game, config.eval_episodes, eval_seed, config.eval_max_steps)
+        scores.add(0, 'random', returns)
+        logger.info('%s random policy: eval return %.2f ± %.2f over %d episodes', prefix,
+                    np.mean(returns), np.std(returns), len(returns))
+    if run:
+        run.publish(game, scores, 'random')
+    return scores
+
+
+def _report(game: str, step: int, returns: deque, losses: deque, epsilon: float, fps: float, bar: tqdm,
+            run: StageRun | None, prefix: str) -> None:
+    """Progress over the recent episodes and updates: the bar, a log line, and agent/train metrics."""
+    recent = np.mean(returns) if returns else float('nan')
+    bar.set_postfix(ret=f'{recent:.2f}', eps=f'{epsilon:.2f}', refresh=False)
+    loss_text = f'{np.mean(losses):.4f}' if losses else '- (learning not started)'
+    logger.info('%s step %d: return %.2f (last %d episodes), loss %s, ε %.2f, %.0f steps/s',
+                prefix, step, recent, len(returns), loss_text, epsilon, fps)
+    if run:
+        run.metrics.log({f'agent/{game}/return': recent, f'agent/{game}/epsilon': epsilon,
+                         f'train/{game}/loss': np.mean(losses) if losses else None,
+                         f'train/{game}/fps': fps}, step)  # None and nan are not sent
 
 
 def save_checkpoint(q_net: torch.nn.Module, path: Path, step: int, game: str, config: TrainConfig,

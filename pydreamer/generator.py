@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pydreamer.artifacts import ArtifactFolder
+from pydreamer.averages import Averages
 from pydreamer.config import Config
 from pydreamer.envs import Env, env_id_list, make_env
 from pydreamer.episodes import EpisodeChunker, EpisodeFile, first_row, next_row, resume_point, save_episode
@@ -76,36 +77,28 @@ def run(conf: Config, run_id: str, worker: int) -> None:
     if steps:
         log.info('Resuming worker %d at episode %d with %d steps stored.', worker, episode, steps)
 
-    envs: dict[int, Env] = {}
+    games = _Games(conf, run_id, env_ids, worker, rng)
     steps_per_game: dict[int, int] = defaultdict(int)
     chunker = EpisodeChunker(conf.file_min_steps)
     metrics = MetricsLogger(run_id)
     pending: list[tuple[dict, int]] = []
     last_send = time.time()
-    policies = {}
     bar = tqdm(total=target_steps, initial=steps, desc=f'generator-{worker}', unit='step',
                mininterval=2.0, position=worker, leave=False)
     try:
         while steps < target_steps and not stop_requested():
             game = min(range(len(env_ids)), key=lambda g: steps_per_game[g])
-            if game not in envs:
-                envs[game] = make_env(env_ids[game], action_repeat=conf.env_action_repeat,
-                                      time_limit=conf.env_time_limit, no_terminal=conf.env_no_terminal,
-                                      seed=conf.seed * 1000 + worker * 100 + game)
-            env = envs[game]
+            env = games.env(game)
             policy_name = conf.generator_prefill_policy if steps < prefill_steps else conf.policy_main
-            key = (policy_name, game)
-            if key not in policies:
-                policies[key] = make_policy(policy_name, conf, run_id, env_ids[game], env.action_dim,
-                                            seed=int(rng.integers(2 ** 31)))
-            if isinstance(policies[key], NetworkPolicy) and policies[key].loaded_step is None:
+            policy = games.policy(policy_name, game)
+            if isinstance(policy, NetworkPolicy) and policy.loaded_step is None:
                 writer.write(chunker.flush())  # the learner may be waiting for exactly these rows
                 _send(metrics, pending)
-                if not policies[key].wait_for_checkpoint():
+                if not policy.wait_for_checkpoint():
                     break
             episode_start = time.time()
             ep_return, ep_steps, policy_metrics, files = _play_episode(
-                env, policies[key], game, episode, chunker, target_steps - steps, len(env_ids) > 1)
+                env, policy, game, episode, chunker, target_steps - steps, len(env_ids) > 1)
             writer.write(files)
             steps += ep_steps
             steps_per_game[game] += ep_steps
@@ -119,16 +112,41 @@ def run(conf: Config, run_id: str, worker: int) -> None:
             if time.time() - last_send >= conf.metrics_interval:
                 _send(metrics, pending)
                 last_send = time.time()
-            if conf.limit_step_ratio > 0 and isinstance(policies[key], NetworkPolicy):
-                policies[key].wait_for_learner(steps * workers, conf.limit_step_ratio)
+            if conf.limit_step_ratio > 0 and isinstance(policy, NetworkPolicy):
+                policy.wait_for_learner(steps * workers, conf.limit_step_ratio)
     finally:
         writer.write(chunker.flush())
         _send(metrics, pending)
         bar.close()
         writer.close()
-        for env in envs.values():
-            env.close()
+        games.close()
     log.info('Worker %d stored %d steps in %d episodes.', worker, steps, episode)
+
+
+class _Games:
+    """A worker's environments and policies, each made when first needed."""
+
+    def __init__(self, conf: Config, run_id: str, env_ids: list[str], worker: int, rng: np.random.Generator):
+        self.conf, self.run_id, self.env_ids, self.worker, self.rng = conf, run_id, env_ids, worker, rng
+        self.envs: dict[int, Env] = {}
+        self.policies: dict[tuple[str, int], object] = {}
+
+    def env(self, game: int) -> Env:
+        if game not in self.envs:
+            c = self.conf
+            self.envs[game] = make_env(self.env_ids[game], action_repeat=c.env_action_repeat, time_limit=c.env_time_limit,
+                                       no_terminal=c.env_no_terminal, seed=c.seed * 1000 + self.worker * 100 + game)
+        return self.envs[game]
+
+    def policy(self, name: str, game: int):
+        if (name, game) not in self.policies:
+            self.policies[name, game] = make_policy(name, self.conf, self.run_id, self.env_ids[game],
+                                                    self.env(game).action_dim, seed=int(self.rng.integers(2 ** 31)))
+        return self.policies[name, game]
+
+    def close(self) -> None:
+        for env in self.envs.values():
+            env.close()
 
 
 def _play_episode(env: Env, policy, game: int, episode: int, chunker: EpisodeChunker,
@@ -146,18 +164,17 @@ def _play_episode(env: Env, policy, game: int, episode: int, chunker: EpisodeChu
     obs = env.reset()
     files = store(first_row(obs, env.action_dim))
     rows, ep_return, reset = 1, 0.0, True
-    sums: dict[str, float] = defaultdict(float)
+    averages = Averages()
     while rows < max_rows and not stop_requested():
         action, metrics = policy({**obs, 'reset': reset})
-        for key, value in metrics.items():
-            sums[key] += value
+        averages.add(metrics)
         obs, reward, terminated, truncated = env.step(action)
         done = terminated or truncated
         files += store(next_row(obs, action, env.action_dim, reward, terminated), done)
         rows, ep_return, reset = rows + 1, ep_return + reward, False
         if done:
             break
-    return ep_return, rows, {k: v / max(1, rows - 1) for k, v in sums.items()}, files
+    return ep_return, rows, averages.pop(), files
 
 
 def _episode_metrics(env_id: str, ep_return: float, ep_steps: int, steps: int, fps: float,

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from pydreamer.averages import Averages, every
 from pydreamer.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, RunCheckpoints, restore, save_checkpoint
 from pydreamer.config import Config
 from pydreamer.data import BatchStream, EpisodeIndex
@@ -95,10 +96,8 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
         _evaluate(model, eval_index, conf, device, metrics_logger, step)
     dreams = DreamLogger(conf, run_id, data_env_ids(conf, data_run, run_id), work.name)
     state = model.init_state(conf.batch_size)
-    floor = ImageFloor()
-    sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
-    timer_start, steps_at_timer = time.time(), step
+    floor, averages = ImageFloor(), Averages()
+    since = (time.time(), step)  # for train/fps
     saved_step, nonfinite_in_row = step, 0
     bar = tqdm(total=conf.n_steps, initial=step, desc='learner', unit='step', mininterval=2.0)
     try:
@@ -106,54 +105,40 @@ def run(conf: Config, run_id: str, spec: LearnerSpec | None = None) -> None:
             if data_run == run_id and train_index.total_steps >= conf.n_env_steps:
                 log.info('The run holds n_env_steps=%d steps of data; stopping.', conf.n_env_steps)
                 break
-            t0 = time.time()
-            batch_np = batches.next()
-            obs = preprocess(batch_np, conf, device)
-            if 'image' in obs:
-                floor.update(obs['image'])
-            t1 = time.time()
+            with averages.timer('timer_data'):
+                obs = preprocess(batches.next(), conf, device)
+                if 'image' in obs:
+                    floor.update(obs['image'])
             if not conf.keep_state:
                 state = model.init_state(conf.batch_size)
             train_wm = not spec.wm_steps or step < spec.wm_steps
             train_ac = step >= conf.actor_warmup_steps
-            state, metrics = train_step(model, obs, state, optimizers, train_wm=train_wm, train_ac=train_ac)
-            t2 = time.time()
+            with averages.timer('timer_train'):
+                state, metrics = train_step(model, obs, state, optimizers, train_wm=train_wm, train_ac=train_ac)
             step += 1
             bar.update(1)
-            if metrics['nonfinite_skipped']:
-                nonfinite_in_row += 1
+            nonfinite_in_row = nonfinite_in_row + 1 if metrics['nonfinite_skipped'] else 0
+            if nonfinite_in_row:
                 _check_nonfinite(nonfinite_in_row, step, saved_step, conf.max_nonfinite_steps)
                 state = model.init_state(conf.batch_size)  # the carried state may be what is not finite
                 metrics = {'nonfinite_skipped': 1.0}  # the others are not finite: kept out of the averages
-            else:
-                nonfinite_in_row = 0
-            for key, value in metrics.items():
-                sums[key] += float(value)
-                counts[key] += 1
-            sums['timer_data'] += t1 - t0
-            sums['timer_train'] += t2 - t1
-            counts['timer_data'] += 1
-            counts['timer_train'] += 1
-
-            if step % conf.log_interval == 0:
-                fps = (step - steps_at_timer) / max(1e-9, time.time() - timer_start)
-                values = {f'train/{k}': sums[k] / counts[k] for k in sums}
-                values.update({'train/fps': fps, 'data/steps': train_index.steps,
-                               'data/total_steps': train_index.total_steps, 'data/files': len(train_index.files),
-                               'train/wm_trained': float(train_wm), 'train/ac_trained': float(train_ac)})
+            averages.add(metrics)
+            if every(step, conf.log_interval):
+                values = {**averages.pop('train/'), 'train/fps': (step - since[1]) / max(1e-9, time.time() - since[0]),
+                          'data/steps': train_index.steps, 'data/total_steps': train_index.total_steps,
+                          'data/files': len(train_index.files), 'train/wm_trained': float(train_wm),
+                          'train/ac_trained': float(train_ac)}
                 if floor.count:
                     values['train/loss_image_floor'] = floor.value(conf.image_loss)
                 metrics_logger.log(values, step)
                 bar.set_postfix(loss_model=f'{values.get("train/loss_model", float("nan")):.3f}')
-                sums.clear()
-                counts.clear()
-                timer_start, steps_at_timer = time.time(), step
-            if step % conf.logbatch_interval == 0 or step == 1:
+                since = (time.time(), step)
+            if every(step, conf.logbatch_interval) or step == 1:
                 dreams.log(model, obs, step)
-            if conf.eval_interval and step % conf.eval_interval == 0:
+            if every(step, conf.eval_interval):
                 _evaluate(model, eval_index, conf, device, metrics_logger, step)
             # while updates are skipped the model may be what diverged: the checkpoints stay as they are
-            if step % conf.save_interval == 0 and not nonfinite_in_row:
+            if every(step, conf.save_interval) and not nonfinite_in_row:
                 _save(model, optimizers, conf, checkpoints, step, work.name)
                 saved_step = step
     finally:
