@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 LAUNCH = [sys.executable, str(ROOT / 'launch.py'), '--configs', 'defaults', 'minatar', 'debug']
 # a job that ends only when killed: learner and generator both far from their step limits

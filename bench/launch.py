@@ -22,7 +22,6 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def memory_mb(pid: int) -> tuple[float, float]:

@@ -36,9 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-if __package__ in (None, ''):  # run as `python dqn/train_agents.py`: make the project root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import minatar
 import numpy as np
 import torch

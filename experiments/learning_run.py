@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from experiments import plot_learning  # noqa: E402
+from experiments import plot_learning
 
 
 def main(argv: list[str]) -> int:

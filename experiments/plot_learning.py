@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from experiments.curves import GAP_MINUTES, bin_index, binned, episodes, save_figure, write_csv  # noqa: E402
-from pydreamer.tracking import client, get_run, setup_tracking  # noqa: E402
+from experiments.curves import GAP_MINUTES, bin_index, binned, episodes, save_figure, write_csv
+from pydreamer.tracking import client, get_run, setup_tracking
 
 AXES = (('env_steps', 1, 'env steps'), ('learner_steps', 0, 'learner steps'), ('wall_minutes', 3, 'wall-clock minutes'))
 

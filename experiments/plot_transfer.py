@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from experiments.curves import episodes, history, mean_se, save_figure, write_csv  # noqa: E402
-from pydreamer.tracking import client, setup_tracking  # noqa: E402
+from experiments.curves import episodes, history, mean_se, save_figure, write_csv
+from pydreamer.tracking import client, setup_tracking
 
 ARMS = ('finetune', 'finetune_frozen_rssm', 'scratch')
 LOSSES = {'eval/loss_image': 'image loss', 'eval/loss_kl': 'KL', 'eval/loss_reward': 'reward loss'}

@@ -40,23 +40,22 @@ import torch
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from dqn.policy import DQNPolicy  # noqa: E402
-from experiments.curves import write_csv  # noqa: E402
-from experiments.probe_figures import maps_figure, pca_figure, r2_figure  # noqa: E402
-from pydreamer import probes  # noqa: E402
-from pydreamer.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
-from pydreamer.cli import run_cli  # noqa: E402
-from pydreamer.config import ConfigError, build_config, load_sections  # noqa: E402
-from pydreamer.envs import MINATAR_GAMES, make_env, minatar_game, minatar_module  # noqa: E402
-from pydreamer.episodes import first_row, next_row  # noqa: E402
-from pydreamer.models.dreamer import Dreamer  # noqa: E402
-from pydreamer.policies import RandomPolicy  # noqa: E402
-from pydreamer.preprocess import preprocess, preprocess_step  # noqa: E402
-from pydreamer.pretrained import fetch_checkpoint  # noqa: E402
-from pydreamer.tracking import client, get_run, log_params  # noqa: E402
-from mlflow.entities import Metric  # noqa: E402 -- after pydreamer.tracking, which imports mlflow lean
+from dqn.policy import DQNPolicy
+from experiments.curves import write_csv
+from experiments.probe_figures import maps_figure, pca_figure, r2_figure
+from pydreamer import probes
+from pydreamer.checkpoint import CheckpointError, read_checkpoint
+from pydreamer.cli import run_cli
+from pydreamer.config import ConfigError, build_config, load_sections
+from pydreamer.envs import MINATAR_GAMES, make_env, minatar_game, minatar_module
+from pydreamer.episodes import first_row, next_row
+from pydreamer.models.dreamer import Dreamer
+from pydreamer.policies import RandomPolicy
+from pydreamer.preprocess import preprocess, preprocess_step
+from pydreamer.pretrained import fetch_checkpoint
+from pydreamer.tracking import client, get_run, log_params
+from mlflow.entities import Metric  # after pydreamer.tracking, which imports mlflow lean
 
 # object -> MinAtar state channel, per game; the player first
 OBJECTS = {

@@ -24,12 +24,11 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from experiments import probe_latents  # noqa: E402
-from experiments.curves import mean_se, save_figure, write_csv  # noqa: E402
-from pydreamer.cli import run_cli  # noqa: E402
-from pydreamer.tracking import RunNotFoundError, client  # noqa: E402
+from experiments import probe_latents
+from experiments.curves import mean_se, save_figure, write_csv
+from pydreamer.cli import run_cli
+from pydreamer.tracking import RunNotFoundError, client
 
 ARMS = ('untrained', 'world_model', 'finetune', 'finetune_frozen_rssm', 'scratch')
 FIELDS = ['arm', 'seed', 'run', *probe_latents.CSV_FIELDS]

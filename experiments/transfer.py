@@ -33,11 +33,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from pydreamer import envs  # noqa: E402
-from pydreamer.envs import MINATAR_GAMES, minatar_module as folder_name  # noqa: E402
-from pydreamer.tracking import MetricsLogger, client, describe_run, experiment_id, setup_tracking  # noqa: E402
+from pydreamer import envs
+from pydreamer.envs import MINATAR_GAMES, minatar_module as folder_name
+from pydreamer.tracking import MetricsLogger, client, describe_run, experiment_id, setup_tracking
 
 ARMS = ('finetune', 'finetune_frozen_rssm', 'scratch')
 

@@ -26,10 +26,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from experiments.curves import history, mean_se, save_figure, write_csv  # noqa: E402
-from pydreamer.tracking import client, setup_tracking  # noqa: E402
+from experiments.curves import history, mean_se, save_figure, write_csv
+from pydreamer.tracking import client, setup_tracking
 
 METRICS = ('train/loss_image', 'train/loss_image_floor', 'train/loss_kl', 'train/fps', 'eval/loss_image',
            'eval/image_acc_rec', 'eval/image_acc_dream', 'eval/image_acc_changed_rec', 'eval/image_acc_changed_dream')

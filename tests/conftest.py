@@ -22,6 +22,21 @@ import pytest
 
 SERVER_START_TIMEOUT = 90  # seconds; the server starts in ~4 s on an idle machine
 
+# The tiers, each runnable alone (`pytest -m unit`, `-m learning`, `-m pipeline`): unit tests run
+# modules and functions in this process; learning tests assert that returns rise; pipeline tests
+# run the launchers and scripts, mostly as real processes. A module not named here is unit.
+TIERS = {
+    'learning': ('test_learning',),
+    'pipeline': ('test_bad_input', 'test_evaluate', 'test_faults', 'test_generator', 'test_help', 'test_launch',
+                 'test_multi_env', 'test_pipeline', 'test_probe_latents', 'test_processes', 'test_transfer'),
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.module.__name__.rpartition('.')[2]
+        item.add_marker(next((tier for tier, modules in TIERS.items() if module in modules), 'unit'))
+
 
 @pytest.fixture(scope='session')
 def mlflow_template_db(tmp_path_factory) -> Path:
