@@ -26,12 +26,8 @@ import re
 import warnings
 from collections.abc import Callable
 
-import ale_py
-import cv2
 import gymnasium
 import numpy as np
-from ale_py.registration import rom_id_to_name
-from gymnasium.wrappers import AtariPreprocessing
 
 from pydreamer.lean_imports import hidden_modules
 
@@ -98,7 +94,16 @@ def env_id_list(env_id) -> list[str]:
 def _register_envs() -> None:
     # gymnasium 1.x loads no plugins, so the third-party ids exist only after this.
     minatar.gym.register_envs()
+    try:
+        import ale_py  # Atari only: MinAtar and other ids work without it (e.g. on a bare GPU machine)
+    except ImportError:
+        return
     gymnasium.register_envs(ale_py)
+
+
+def _rom_name(rom_id: str) -> str:
+    from ale_py.registration import rom_id_to_name
+    return rom_id_to_name(rom_id)
 
 
 def _ale_key(name: str) -> str:
@@ -108,7 +113,8 @@ def _ale_key(name: str) -> str:
 @functools.cache
 def _ale_rom_ids() -> dict[str, str]:
     """Lower-case game name without separators -> ale_py ROM id, e.g. 'spaceinvaders' -> 'space_invaders'."""
-    return {_ale_key(rom_id): rom_id for rom_id in ale_py.roms.get_all_rom_ids()}
+    from ale_py import roms
+    return {_ale_key(rom_id): rom_id for rom_id in roms.get_all_rom_ids()}
 
 
 def ale_rom_id(env_id: str) -> str:
@@ -126,14 +132,14 @@ def _ale_game(env_id: str) -> str:
 
 
 def _ale_hint(env_id: str) -> str:
-    names = [rom_id_to_name(r) for r in _ale_rom_ids().values()]
-    close = difflib.get_close_matches(rom_id_to_name(_ale_game(env_id)), names, n=3)
+    names = [_rom_name(r) for r in _ale_rom_ids().values()]
+    close = difflib.get_close_matches(_rom_name(_ale_game(env_id)), names, n=3)
     return f' Did you mean {", ".join(close)}?' if close else ''
 
 
 def ale_game_name(env_id: str) -> str:
     """The ALE (and atari-agents) name of an Atari env id or game: 'Atari-Space_Invaders' -> 'SpaceInvaders'."""
-    return rom_id_to_name(ale_rom_id(env_id))
+    return _rom_name(ale_rom_id(env_id))
 
 
 class Env:
@@ -270,7 +276,7 @@ class _AtariScreens(gymnasium.Wrapper):
                          observation.
     """
 
-    def __init__(self, env: AtariPreprocessing, frames: _GrayFrames):
+    def __init__(self, env: gymnasium.Wrapper, frames: _GrayFrames):  # env: AtariPreprocessing
         super().__init__(env)
         self._frames = frames
         self._gray = np.zeros_like(frames.frames[0])
@@ -302,6 +308,7 @@ def _atari_obs(screens: dict[str, np.ndarray], gray: bool) -> dict[str, np.ndarr
     """Native max-pooled screens -> the 64x64 image plus the native grayscale screen (ALE's own
     grayscale, which the atari_net policy resizes to 84x84)."""
     size = (ATARI_IMAGE_SIZE, ATARI_IMAGE_SIZE)
+    import cv2
     if gray:  # ALE's own grayscale, as pydreamer got it from AtariPreprocessing(grayscale_obs=True)
         image = cv2.resize(screens['gray'], size, interpolation=cv2.INTER_AREA)[:, :, None]
     else:
@@ -321,6 +328,7 @@ def _make_atari(env_id: str, action_repeat: int) -> tuple[gymnasium.Env, ObsFn]:
     frames = _GrayFrames(env, action_repeat)
     # At the native screen size AtariPreprocessing only skips frames, max-pools the last two
     # and does the no-op reset; resizing and grayscale happen in _atari_obs.
+    from gymnasium.wrappers import AtariPreprocessing
     env = AtariPreprocessing(frames, noop_max=30, frame_skip=action_repeat, screen_size=(width, height),
                              terminal_on_life_loss=False, grayscale_obs=False)
     env = _AtariScreens(env, frames)

@@ -19,16 +19,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def _to_device(x: np.ndarray, device) -> Tensor:
+    """The array as a tensor on `device`; for CUDA through pinned memory, without waiting for the copy."""
+    tensor = torch.as_tensor(np.asarray(x))
+    if torch.device(device).type != 'cuda':
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def _image(x: np.ndarray, conf, device) -> Tensor:
     if conf.image_categorical:
         # (T, B, H, W) category indices -> (T, B, K, H, W) one-hot
         if x.ndim != 4:
             raise ValueError(f'A categorical image batch must be (T, B, H, W), got shape {x.shape}.')
-        index = torch.as_tensor(x, device=device).long()
+        index = _to_device(x, device).long()
         return F.one_hot(index, conf.image_channels).permute(0, 1, 4, 2, 3).float()
     if x.ndim != 5:
         raise ValueError(f'An image batch must be (T, B, H, W, C), got shape {x.shape}.')
-    image = torch.as_tensor(x, device=device)
+    image = _to_device(x, device)
     if image.shape[-1] == conf.image_channels and image.shape[2] != conf.image_channels:
         image = image.permute(0, 1, 4, 2, 3)                                  # HWC -> CHW
     if image.dtype == torch.uint8:
@@ -43,7 +51,7 @@ def preprocess(batch: dict[str, np.ndarray], conf, device='cpu') -> dict[str, Te
     for key, value in batch.items():
         if key == 'image':
             continue
-        out[key] = torch.as_tensor(np.asarray(value), device=device)
+        out[key] = _to_device(value, device)
     if 'image' in batch:
         out['image'] = _image(batch['image'], conf, device)
     if 'vecobs' in out:

@@ -33,7 +33,7 @@ def role_parameters(model: Dreamer, role: str) -> list[nn.Parameter]:
 
 def init_optimizers(model: Dreamer, conf: Config) -> RoleOptimizers:
     lr = {'wm': conf.adam_lr, 'actor': conf.adam_lr_actor, 'critic': conf.adam_lr_critic}
-    fused = model.device.type == 'cpu'  # the fused CPU kernel is several times faster than the loop
+    fused = model.device.type in ('cpu', 'cuda')  # one kernel for all parameters: several times faster than the loop
     return RoleOptimizers(
         {role: torch.optim.AdamW(role_parameters(model, role), lr=lr[role], eps=conf.adam_eps,
                                  weight_decay=conf.weight_decay, fused=fused) for role in ROLES},

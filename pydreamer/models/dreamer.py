@@ -15,8 +15,10 @@ from pydreamer.models.world_model import WorldModel
 
 def amp_enabled(setting: str, device_type: str) -> bool:
     """The `amp` config key (auto | true | false; the config checks the value and turns a bool
-    into its word): bf16 autocast, on for cpu with auto."""
-    return device_type == 'cpu' if setting == 'auto' else setting == 'true'
+    into its word): bf16 autocast; auto = on for cpu and for CUDA devices with bf16 support."""
+    if setting != 'auto':
+        return setting == 'true'
+    return device_type == 'cpu' or device_type == 'cuda' and torch.cuda.is_bf16_supported()
 
 
 class Dreamer(nn.Module):
