@@ -13,7 +13,7 @@ import sys
 from pydreamer.cli import Stage, run_cli
 from pydreamer.config import ConfigError, parse_args
 from pydreamer.processes import Child
-from pydreamer.stage import check_generator_config, check_learner_config, run_stage
+from pydreamer.stage import check_generator_config, check_learner_config, generators, learner, run_stage
 
 
 STAGE = Stage('launch', __doc__, ('defaults',), (
@@ -31,10 +31,7 @@ def main(argv: list[str]) -> int:
         check_learner_config(conf)
 
     def children(run_id: str) -> list[Child]:
-        procs = [Child(f'generator-{w}', 'pydreamer.generator:run', (conf, run_id, w)) for w in range(conf.generator_workers)]
-        if conf.n_steps > 0:
-            procs.append(Child('learner', 'pydreamer.learner:run', (conf, run_id), ends_job=True, trains=True))
-        return procs
+        return generators(conf, run_id) + ([learner(conf, run_id)] if conf.n_steps > 0 else [])
 
     return run_stage(conf, 'launch', children, tags={'arm': 'scratch'})
 

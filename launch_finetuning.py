@@ -15,7 +15,7 @@ from pydreamer.cli import Stage, run_cli
 from pydreamer.config import parse_args
 from pydreamer.pretrained import check_compatible, read_pretrained
 from pydreamer.processes import Child
-from pydreamer.stage import check_generator_config, check_learner_config, run_stage
+from pydreamer.stage import check_generator_config, check_learner_config, generators, learner, run_stage
 
 
 STAGE = Stage('launch_finetuning', __doc__, ('defaults', 'minatar', 'finetune'), (
@@ -33,8 +33,7 @@ def main(argv: list[str]) -> int:
         check_compatible(loaded.payload['config'], conf, conf.load_parts, loaded.ref)
 
     def children(run_id: str) -> list[Child]:
-        return [Child(f'generator-{w}', 'pydreamer.generator:run', (conf, run_id, w)) for w in range(conf.generator_workers)] + \
-               [Child('learner', 'train_finetune:run', (conf, run_id), ends_job=True, trains=True)]
+        return generators(conf, run_id) + [learner(conf, run_id, 'finetune_learner')]
 
     return run_stage(conf, 'finetune', children, tags={
         'arm': 'finetune_frozen_rssm' if conf.freeze_rssm else 'finetune', 'pretrained_checkpoint': conf.model_checkpoint})

@@ -9,8 +9,7 @@ import sys
 
 from pydreamer.cli import Stage, run_cli
 from pydreamer.config import Config, ConfigError, parse_args
-from pydreamer.processes import Child
-from pydreamer.stage import check_generator_config, run_stage
+from pydreamer.stage import check_generator_config, generators, run_stage
 
 
 STAGE = Stage('launch_generator_multi_env', __doc__, ('defaults', 'minatar', 'generator_multi_env'), (
@@ -27,8 +26,7 @@ def main(argv: list[str]) -> int:
     conf = parse_args(argv, default_sections=('defaults', 'minatar', 'generator_multi_env'))
     check_env_list(conf)
     check_generator_config(conf)
-    return run_stage(conf, 'generator_multi_env', lambda run_id: [
-        Child(f'generator-{w}', 'generator_multi_env:run', (conf, run_id, w)) for w in range(conf.generator_workers)],
+    return run_stage(conf, 'generator_multi_env', lambda run_id: generators(conf, run_id, 'multi_env_generator'),
         tags={'arm': 'dataset'})
 
 

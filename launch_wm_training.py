@@ -9,8 +9,7 @@ import sys
 from pydreamer.artifacts import ArtifactFolder
 from pydreamer.cli import Stage, run_cli
 from pydreamer.config import ConfigError, parse_args
-from pydreamer.processes import Child
-from pydreamer.stage import check_learner_config, run_stage
+from pydreamer.stage import check_learner_config, learner, run_stage
 from pydreamer.tracking import get_run, setup_tracking
 
 
@@ -34,7 +33,7 @@ def main(argv: list[str]) -> int:
     conf = parse_args(argv, default_sections=('defaults', 'minatar', 'wm_training'))
     check_learner_config(conf)
     games = check_data_run(conf.mlflow_run_id)
-    return run_stage(conf, 'wm_training', lambda run_id: [Child('learner', 'train_wm_only:run', (conf, run_id), ends_job=True, trains=True)],
+    return run_stage(conf, 'wm_training', lambda run_id: [learner(conf, run_id, 'wm_learner')],
                      tags={'arm': 'world_model', 'game': games, 'data_run_id': conf.mlflow_run_id})
 
 

@@ -16,6 +16,24 @@ from pydreamer.tracking import end_run, get_run, setup_tracking, start_run
 
 log = logging.getLogger(__name__)
 
+# Every process a launcher starts, by what it is: the stage function that it runs
+TARGETS = {
+    'generator': 'pydreamer.generator:run',              # launch.py, launch_finetuning.py
+    'multi_env_generator': 'generator_multi_env:run',    # launch_generator_multi_env.py
+    'learner': 'pydreamer.learner:run',                  # launch.py
+    'wm_learner': 'train_wm_only:run',                   # launch_wm_training.py
+    'finetune_learner': 'train_finetune:run',            # launch_finetuning.py
+}
+
+
+def generators(conf: Config, run_id: str, kind: str = 'generator') -> list[Child]:
+    return [Child(f'generator-{w}', TARGETS[kind], (conf, run_id, w)) for w in range(conf.generator_workers)]
+
+
+def learner(conf: Config, run_id: str, kind: str = 'learner') -> Child:
+    """The process whose end ends the job."""
+    return Child('learner', TARGETS[kind], (conf, run_id), ends_job=True, trains=True)
+
 
 def check_generator_config(conf: Config) -> None:
     """Fail before any process starts when an env id is unknown, disagrees with the preset
