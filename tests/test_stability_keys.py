@@ -9,7 +9,7 @@ import torch
 from pydreamer.image_stats import ImageFloor, changed_pixels, object_pixels, pixel_accuracy
 from pydreamer.models.dreamer import Dreamer
 from pydreamer.train_step import init_optimizers, train_step
-from tests.test_models import config, make_obs
+from tests.models_common import config, make_obs
 
 torch.set_num_threads(1)
 
