@@ -29,7 +29,8 @@ def main(argv: list[str]) -> int:
     check_learner_config(conf)
     if not conf.resume_id:
         with tempfile.TemporaryDirectory(prefix='pydreamer-check-') as tmp:
-            loaded = read_pretrained(conf.model_checkpoint, tmp)  # the learner says so if it is the previous.pt
+            # the learner says so if it is the previous.pt; the header alone needs no torch here
+            loaded = read_pretrained(conf.model_checkpoint, tmp, header_only=True)
         check_compatible(loaded.payload['config'], conf, conf.load_parts, loaded.ref)
 
     def children(run_id: str) -> list[Child]:

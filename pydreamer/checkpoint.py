@@ -9,8 +9,11 @@ functions that need it: launchers import this module only for CheckpointError.
 """
 from __future__ import annotations
 
+import collections
 import io
 import logging
+import pickle
+import zipfile
 from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -79,6 +82,45 @@ def read_checkpoint(path: Path, mmap: bool = False, name: str | None = None) -> 
         # the first line only: torch's unpickling errors go on for a paragraph of advice
         first_line = (str(e).strip().splitlines() or [''])[0]
         raise UnreadableCheckpoint(name, f'could not be read ({type(e).__name__}: {first_line})') from None
+    return _checked(payload, name)
+
+
+class _HeaderUnpickler(pickle.Unpickler):
+    """Unpickles a torch checkpoint's payload with every tensor (and any other torch object) as
+    None, and reads no storage."""
+
+    def find_class(self, module: str, name: str):
+        if module == 'collections' and name == 'OrderedDict':
+            return collections.OrderedDict
+        if module.split('.')[0] == 'torch':
+            return lambda *args, **kwargs: None
+        raise pickle.UnpicklingError(f'unexpected object {module}.{name}')
+
+    def persistent_load(self, pid):
+        return None
+
+
+def read_header(path: Path, name: str | None = None) -> dict:
+    """A checkpoint's payload without its tensors (each stands as None), read without torch, so
+    that a launcher checks the format and the config at no cost: step, config, format version.
+    The zip archive's checksums catch a damaged file. Errors as in `read_checkpoint`."""
+    path = Path(path)
+    name = name or str(path)
+    if not path.is_file():
+        raise UnreadableCheckpoint(name, 'does not exist')
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+            if damaged:
+                raise zipfile.BadZipFile(f'the checksum of {damaged} does not match')
+            data = next(n for n in archive.namelist() if n.endswith('/data.pkl'))
+            payload = _HeaderUnpickler(io.BytesIO(archive.read(data))).load()
+    except Exception as e:
+        raise UnreadableCheckpoint(name, f'could not be read ({type(e).__name__}: {e})') from None
+    return _checked(payload, name)
+
+
+def _checked(payload: Any, name: str) -> dict:
     if not isinstance(payload, dict) or 'format_version' not in payload:
         raise UnreadableCheckpoint(name, 'is not a pydreamer checkpoint (no format_version)')
     if payload['format_version'] != FORMAT_VERSION:
@@ -102,16 +144,21 @@ class LoadedCheckpoint:
     passed_over: str | None   # why the file asked for was not read (a sentence without its period)
 
 
-def read_newest(ref: str, fetch: Callable[[str], Path | None], mmap: bool = False) -> LoadedCheckpoint | None:
+def read_newest(ref: str, fetch: Callable[[str], Path | None], mmap: bool = False,
+                header_only: bool = False) -> LoadedCheckpoint | None:
     """Read the checkpoint `ref`, or the previous.pt beside a latest.pt that is missing or cannot
     be read. `fetch(ref)` gives a local copy, or None when there is no such file. Returns None
     when neither file exists; raises UnreadableCheckpoint, naming both, when neither can be read.
-    Failures to fetch (a network error) propagate: they say nothing about the file."""
+    Failures to fetch (a network error) propagate: they say nothing about the file. With
+    `header_only` the payload has no tensors (`read_header`: no torch)."""
+    def read(local: Path, name: str) -> dict:
+        return read_header(local, name) if header_only else read_checkpoint(local, mmap, name)
+
     local = fetch(ref)
     problem = 'does not exist'
     if local is not None:
         try:
-            return LoadedCheckpoint(read_checkpoint(local, mmap, name=ref), ref, local, None)
+            return LoadedCheckpoint(read(local, ref), ref, local, None)
         except UnreadableCheckpoint as e:
             problem = e.reason
     previous = previous_of(ref)
@@ -121,7 +168,7 @@ def read_newest(ref: str, fetch: Callable[[str], Path | None], mmap: bool = Fals
             return None
         raise UnreadableCheckpoint(ref, f'{problem}, and there is no {previous} to fall back on' if previous else problem)
     try:
-        payload = read_checkpoint(fallback, mmap, name=previous)
+        payload = read(fallback, previous)
     except UnreadableCheckpoint as e:
         raise UnreadableCheckpoint(ref, f'{problem}, and {previous} {e.reason}') from None
     return LoadedCheckpoint(payload, previous, fallback, f'Checkpoint file {ref} {problem}')
@@ -156,7 +203,7 @@ class RunCheckpoints:
             self.folder.upload_file(str(previous), CHECKPOINT_DIR)
         self.folder.upload_file(str(local_path), CHECKPOINT_DIR)
 
-    def read(self, dst_dir: str, mmap: bool = False) -> LoadedCheckpoint | None:
+    def read(self, dst_dir: str, mmap: bool = False, header_only: bool = False) -> LoadedCheckpoint | None:
         """The newest readable checkpoint (see `read_newest`), downloaded into dst_dir; None when
         the run has none yet."""
         def fetch(uri: str) -> Path | None:
@@ -164,7 +211,7 @@ class RunCheckpoints:
             if not self.folder.exists(artifact_path):
                 return None
             return Path(self.folder.download_file(artifact_path, dst_dir))
-        return read_newest(self.uri, fetch, mmap)
+        return read_newest(self.uri, fetch, mmap, header_only)
 
     def download(self, dst_dir: str) -> Path | None:
         """The newest checkpoint as a local file, or None when the run has none yet.

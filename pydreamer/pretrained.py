@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from pydreamer.artifacts import ArtifactFolder
 from pydreamer.checkpoint import CheckpointError, LoadedCheckpoint, UnreadableCheckpoint, read_newest
 from pydreamer.config import Config
 from pydreamer.tracking import setup_tracking
+
+if TYPE_CHECKING:  # the launcher's checks read checkpoint headers without torch
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +56,10 @@ def fetch_checkpoint(ref: str, dst_dir: str) -> Path | None:
         raise CheckpointError(f'Checkpoint {ref} could not be fetched: {e}') from None
 
 
-def read_pretrained(ref: str, dst_dir: str) -> LoadedCheckpoint:
+def read_pretrained(ref: str, dst_dir: str, header_only: bool = False) -> LoadedCheckpoint:
     """The checkpoint `ref` names or, when that is a latest.pt that cannot be read, the previous.pt
-    beside it (`passed_over` then says why)."""
-    loaded = read_newest(ref, lambda r: fetch_checkpoint(r, dst_dir))
+    beside it (`passed_over` then says why); with `header_only`, without its tensors (no torch)."""
+    loaded = read_newest(ref, lambda r: fetch_checkpoint(r, dst_dir), header_only=header_only)
     if loaded is None:
         raise UnreadableCheckpoint(ref, 'does not exist')
     return loaded

@@ -99,10 +99,10 @@ def check_resume(conf: Config) -> None:
     so that a refused resume changes nothing in it."""
     get_run(conf.resume_id)
     with tempfile.TemporaryDirectory(prefix='pydreamer-check-') as tmp:
-        loaded = RunCheckpoints(conf.resume_id).read(tmp)
+        loaded = RunCheckpoints(conf.resume_id).read(tmp, header_only=True)
     if loaded is None:
         return
-    from pydreamer.pretrained import check_compatible  # imports torch: only for a run that has a checkpoint
+    from pydreamer.pretrained import check_compatible
     check_compatible(loaded.payload['config'], conf, 'all', loaded.ref)
 
 

@@ -12,7 +12,8 @@ import train_wm_only
 from pydreamer import tracking
 from pydreamer.artifacts import ArtifactFolder
 from pydreamer.checkpoint import (
-    FORMAT_VERSION, CheckpointError, RunCheckpoints, read_checkpoint, restore, save_checkpoint)
+    FORMAT_VERSION, CheckpointError, RunCheckpoints, UnreadableCheckpoint, read_checkpoint, read_header, restore,
+    save_checkpoint)
 from pydreamer.config import build_config
 from pydreamer.episodes import EpisodeFile, save_episode
 from pydreamer.models.dreamer import Dreamer
@@ -57,6 +58,27 @@ def test_read_checkpoint_refuses_other_format_versions_and_foreign_files(tmp_pat
         read_checkpoint(tmp_path / 'state.pt')
     saved_model(path, config())
     assert read_checkpoint(path)['format_version'] == FORMAT_VERSION
+
+
+def test_the_header_of_a_checkpoint_reads_without_tensors_and_refuses_what_torch_would(tmp_path):
+    path = tmp_path / 'latest.pt'
+    saved_model(path, config(cnn_depth=6), step=11)
+    header, full = read_header(path), read_checkpoint(path)
+    assert header['step'] == full['step'] == 11 and header['config'] == full['config']
+    assert header['config']['cnn_depth'] == 6 and header['format_version'] == FORMAT_VERSION
+    assert header['model'].keys() == full['model'].keys() and all(v is None for v in header['model'].values())
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(UnreadableCheckpoint, match='latest.pt could not be read'):
+        read_header(path)
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF  # inside a tensor's bytes: only the archive's checksum tells
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(UnreadableCheckpoint, match='checksum'):
+        read_header(path)
+    saved_model(path, config(), edit=lambda payload: payload.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(UnreadableCheckpoint, match=f'has format version {FORMAT_VERSION + 1}'):
+        read_header(path)
 
 
 def test_restore_names_a_missing_optimizer_role(tmp_path):
