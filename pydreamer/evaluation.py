@@ -101,7 +101,7 @@ class DQNSource:
 
     def __init__(self, path: Path, name: str):
         from dqn.networks import checkpoint_shape, read_state_dict
-        from dqn.policy import find_checkpoints
+        from dqn.checkpoints import find_checkpoints
         self.name = name
         self.paths = find_checkpoints(path)
         _, self.channels, self.n_actions = checkpoint_shape(read_state_dict(self.paths[0]), name)

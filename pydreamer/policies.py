@@ -67,6 +67,19 @@ def local_reference(ref: str) -> Iterator[Path]:
         yield Path(local)
 
 
+def check_policy_source(name: str, conf: Config, env_id: str, action_dim: int) -> None:
+    """What a launcher checks of a policy before any process starts: its checkpoints exist (a DQN
+    folder holds model_<n>.pt files). The generators load them."""
+    if name == 'dqn':
+        from dqn.checkpoints import find_checkpoints
+        with local_reference(checkpoint_folder(conf, 'dqn_dir', env_id)) as folder:
+            find_checkpoints(folder)
+    elif name == 'atari_net':  # its loader checks the game's actions as well: made once here
+        make_policy(name, conf, '', env_id, action_dim, seed=0)
+    elif name not in POLICY_NAMES:
+        raise ValueError(f'Unknown policy {name!r} for {env_id}; expected one of: {", ".join(POLICY_NAMES)}.')
+
+
 def make_policy(name: str, conf: Config, run_id: str, env_id: str, action_dim: int, seed: int):
     if name == 'random':
         return RandomPolicy(action_dim, seed)

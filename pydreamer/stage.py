@@ -10,7 +10,7 @@ from typing import Callable, Mapping
 from pydreamer.checkpoint import RunCheckpoints
 from pydreamer.config import Config, ConfigError
 from pydreamer.envs import env_id_list, game_name, make_env
-from pydreamer.policies import make_policy
+from pydreamer.policies import check_policy_source
 from pydreamer.processes import USER_ERROR_EXIT, Child, assign_threads, run_children
 from pydreamer.tracking import end_run, get_run, setup_tracking, start_run
 
@@ -52,7 +52,7 @@ def check_generator_config(conf: Config) -> None:
         check_observation(conf, env_id, obs)
         for name in {conf.generator_prefill_policy, conf.policy_main} - {'network'}:
             try:
-                make_policy(name, conf, '', env_id, n_actions, seed=0)
+                check_policy_source(name, conf, env_id, n_actions)
             except (ValueError, OSError) as e:
                 raise ConfigError(f'Policy {name!r} for {env_id} cannot be used: {e}') from None
 
