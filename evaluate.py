@@ -16,7 +16,7 @@ import tempfile
 
 import torch
 
-from pydreamer.cli import run_cli
+from pydreamer.launching.cli import run_cli
 from pydreamer.evaluation import Request, evaluate
 from pydreamer.tracking import setup_tracking
 

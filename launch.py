@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import sys
 
-from pydreamer.cli import Stage, run_cli
+from pydreamer.launching.cli import Stage, run_cli
 from pydreamer.config import ConfigError, parse_args
-from pydreamer.processes import Child
-from pydreamer.stage import check_generator_config, check_learner_config, generators, learner, run_stage
+from pydreamer.launching.processes import Child
+from pydreamer.launching.stage import check_generator_config, check_learner_config, generators, learner, run_stage
 
 
 STAGE = Stage('launch', __doc__, ('defaults',), (

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import sys
 
-from pydreamer.cli import Stage, run_cli
+from pydreamer.launching.cli import Stage, run_cli
 from pydreamer.config import Config, ConfigError, parse_args
-from pydreamer.stage import check_generator_config, generators, run_stage
+from pydreamer.launching.stage import check_generator_config, generators, run_stage
 
 
 STAGE = Stage('launch_generator_multi_env', __doc__, ('defaults', 'minatar', 'generator_multi_env'), (

@@ -84,7 +84,7 @@ def parse_override(text: str) -> tuple[str, object]:
 
 
 def main(argv: list[str]) -> None:
-    from pydreamer.processes import MALLOC_ENV
+    from pydreamer.launching.processes import MALLOC_ENV
     if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
         # the learner runs with these allocator settings (launch.py sets them for its children);
         # glibc reads them at process start only

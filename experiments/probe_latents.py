@@ -46,7 +46,7 @@ from experiments.curves import write_csv
 from experiments.probe_figures import maps_figure, pca_figure, r2_figure
 from pydreamer import probes
 from pydreamer.checkpoint import CheckpointError, read_checkpoint
-from pydreamer.cli import run_cli
+from pydreamer.launching.cli import run_cli
 from pydreamer.config import ConfigError, build_config, load_sections
 from pydreamer.envs import MINATAR_GAMES, make_env, minatar_game, minatar_module
 from pydreamer.episodes import first_row, next_row

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from experiments import probe_latents
 from experiments.curves import mean_se, save_figure, write_csv
-from pydreamer.cli import run_cli
+from pydreamer.launching.cli import run_cli
 from pydreamer.tracking import RunNotFoundError, client
 
 ARMS = ('untrained', 'world_model', 'finetune', 'finetune_frozen_rssm', 'scratch')

@@ -10,7 +10,7 @@ import torch
 
 from pydreamer.checkpoint import CheckpointError, RunCheckpoints
 from pydreamer.config import Config
-from pydreamer.processes import stop_requested
+from pydreamer.launching.processes import stop_requested
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import train_wm_only
 from pydreamer import tracking
 from pydreamer.artifacts import ArtifactFolder
 from pydreamer.checkpoint import FORMAT_VERSION
-from pydreamer.cli import run_cli
+from pydreamer.launching.cli import run_cli
 from pydreamer.config import PROJECT_ROOT, build_config
 from pydreamer.data import EpisodeIndex
 

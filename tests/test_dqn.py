@@ -20,7 +20,7 @@ from dqn.train_agents import (PROJECT_ROOT, ReplayBuffer, TrainConfig, game_modu
                               td_loss, td_target, train)
 from pydreamer import tracking
 from pydreamer.checkpoint import CheckpointError as RunCheckpointError
-from pydreamer.cli import run_cli
+from pydreamer.launching.cli import run_cli
 from pydreamer.config import build_config
 from pydreamer.policies import make_policy
 

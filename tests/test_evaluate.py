@@ -14,7 +14,7 @@ from atari_net.checkpoint import save_atari_net
 from dqn.networks import ConvQNetwork
 from pydreamer import tracking
 from pydreamer.checkpoint import RunCheckpoints, read_checkpoint, save_checkpoint
-from pydreamer.cli import run_cli
+from pydreamer.launching.cli import run_cli
 from pydreamer.config import build_config
 from pydreamer.envs import make_env
 from pydreamer.evaluation import read_source

@@ -9,7 +9,7 @@ import launch
 import launch_finetuning
 import launch_generator_multi_env
 import launch_wm_training
-from pydreamer.cli import run_cli
+from pydreamer.launching.cli import run_cli
 from pydreamer.config import PROJECT_ROOT, key_docs
 
 LAUNCHERS = {'launch': launch, 'launch_finetuning': launch_finetuning,

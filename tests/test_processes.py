@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from pydreamer.config import PROJECT_ROOT
-from pydreamer.processes import Child, assign_threads, resolve_target
+from pydreamer.launching.processes import Child, assign_threads, resolve_target
 
 
 def _children(n_generators, learner=True):

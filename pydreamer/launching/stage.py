@@ -11,7 +11,7 @@ from pydreamer.checkpoint import RunCheckpoints
 from pydreamer.config import Config, ConfigError
 from pydreamer.envs import env_id_list, game_name, make_env
 from pydreamer.policies import check_policy_source
-from pydreamer.processes import USER_ERROR_EXIT, Child, assign_threads, run_children
+from pydreamer.launching.processes import USER_ERROR_EXIT, Child, assign_threads, run_children
 from pydreamer.tracking import end_run, get_run, setup_tracking, start_run
 
 log = logging.getLogger(__name__)
