@@ -248,7 +248,7 @@ def test_training_writes_loadable_checkpoints_and_never_overwrites_them(tmp_path
 def test_main_trains_the_mlp_as_an_mlflow_run_whose_artifacts_dqn_dir_can_name(mlflow_local, tmp_path):
     assert main(['--games', 'freeway', '--checkpoint-steps', '400', '--replay-start', '200', '--replay-size', '1_000',
                  '--arch', 'mlp', '--eval-episodes', '1', '--out', str(tmp_path / 'agents'),
-                 '--log-interval', '200', '--run-name', 'agents']) == 0
+                 '--log-interval', '200', '--run-name', 'agents', '--run-tags', '{transfer: t, arm: dqn}']) == 0
     local = tmp_path / 'agents' / 'freeway'
     net = load_q_network(local / 'model_400.pt', 7, 6)
     assert isinstance(net, MLPQNetwork)
@@ -256,6 +256,8 @@ def test_main_trains_the_mlp_as_an_mlflow_run_whose_artifacts_dqn_dir_can_name(m
     [run] = c.search_runs([e.experiment_id for e in c.search_experiments()])
     run_id = run.info.run_id
     assert (run.info.status, run.info.run_name, run.data.tags['stage']) == ('FINISHED', 'agents', 'dqn')
+    assert {k: run.data.tags[k] for k in ('transfer', 'arm', 'game', 'seed')} == \
+        {'transfer': 't', 'arm': 'dqn', 'game': 'freeway', 'seed': '0'}
     assert run.data.params['arch'] == 'mlp' and run.data.params['checkpoint_steps'] == '(400,)'
     scores = {row['policy']: row for row in csv.DictReader(open(local / 'scores.csv'))}
     [evaluated] = c.get_metric_history(run_id, 'eval/freeway/return')
@@ -281,6 +283,8 @@ def test_a_bad_flag_is_one_sentence_and_starts_no_run(mlflow_local, capsys, monk
     monkeypatch.setattr(root, 'level', root.level)
     assert run_cli(main, 'dqn', ['--games', 'pong']) == 2
     assert "error: Unknown MinAtar game 'pong'" in capsys.readouterr().err
+    assert run_cli(main, 'dqn', ['--games', 'freeway', '--run-tags', 'arm=dqn']) == 2
+    assert "error: --run-tags 'arm=dqn' is not a YAML map" in capsys.readouterr().err
     c = tracking.client()
     assert not c.search_runs([e.experiment_id for e in c.search_experiments()])
 
