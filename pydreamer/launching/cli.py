@@ -11,8 +11,8 @@ import yaml
 from pydreamer.checkpoint import CheckpointError
 from pydreamer.config import DEFAULTS_FILE, ConfigError, build_config, key_docs, load_sections, parse_args
 from pydreamer.envs import EnvError
-from pydreamer.logs import configure_logging
 from pydreamer.launching.processes import USER_ERROR_EXIT, disk_full_error
+from pydreamer.logs import configure_logging
 from pydreamer.tracking import RunNotFoundError
 
 USER_ERRORS = (ConfigError, EnvError, RunNotFoundError, CheckpointError)
