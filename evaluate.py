@@ -16,8 +16,8 @@ import tempfile
 
 import torch
 
-from pydreamer.launching.cli import run_cli
 from pydreamer.evaluation import Request, evaluate
+from pydreamer.launching.cli import run_cli
 from pydreamer.tracking import setup_tracking
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from pydreamer.launching.cli import Stage, run_cli
 from pydreamer.config import ConfigError, parse_args
+from pydreamer.launching.cli import Stage, run_cli
 from pydreamer.launching.processes import Child
 from pydreamer.launching.stage import check_generator_config, check_learner_config, generators, learner, run_stage
 

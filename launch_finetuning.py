@@ -11,11 +11,11 @@ from __future__ import annotations
 import sys
 import tempfile
 
-from pydreamer.launching.cli import Stage, run_cli
 from pydreamer.config import parse_args
-from pydreamer.pretrained import check_compatible, read_pretrained
+from pydreamer.launching.cli import Stage, run_cli
 from pydreamer.launching.processes import Child
 from pydreamer.launching.stage import check_generator_config, check_learner_config, generators, learner, run_stage
+from pydreamer.pretrained import check_compatible, read_pretrained
 
 
 STAGE = Stage('launch_finetuning', __doc__, ('defaults', 'minatar', 'finetune'), (

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import sys
 
-from pydreamer.launching.cli import Stage, run_cli
 from pydreamer.config import Config, ConfigError, parse_args
+from pydreamer.launching.cli import Stage, run_cli
 from pydreamer.launching.stage import check_generator_config, generators, run_stage
 
 

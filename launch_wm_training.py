@@ -7,8 +7,8 @@ from __future__ import annotations
 import sys
 
 from pydreamer.artifacts import ArtifactFolder
-from pydreamer.launching.cli import Stage, run_cli
 from pydreamer.config import ConfigError, parse_args
+from pydreamer.launching.cli import Stage, run_cli
 from pydreamer.launching.stage import check_learner_config, learner, run_stage
 from pydreamer.tracking import get_run, setup_tracking
 

@@ -47,9 +47,9 @@ from dqn.networks import ARCHITECTURES, build_q_network
 from dqn.policy import N_ACTIONS, DQNPolicy
 from pydreamer.atomic import atomic_write
 from pydreamer.averages import every
-from pydreamer.launching.cli import run_cli
 from pydreamer.config import ConfigError
 from pydreamer.envs import MINATAR_GAMES, EnvError, minatar_game, minatar_module
+from pydreamer.launching.cli import run_cli
 from pydreamer.tracking import parse_tags
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -46,10 +46,10 @@ from experiments.curves import write_csv
 from experiments.probe_figures import maps_figure, pca_figure, r2_figure
 from pydreamer import probes
 from pydreamer.checkpoint import CheckpointError, read_checkpoint
-from pydreamer.launching.cli import run_cli
 from pydreamer.config import ConfigError, build_config, load_sections
 from pydreamer.envs import MINATAR_GAMES, make_env, minatar_game, minatar_module
 from pydreamer.episodes import first_row, next_row
+from pydreamer.launching.cli import run_cli
 from pydreamer.models.dreamer import Dreamer
 from pydreamer.policies import RandomPolicy
 from pydreamer.preprocess import preprocess, preprocess_step

@@ -23,9 +23,9 @@ from pydreamer.averages import Averages
 from pydreamer.config import Config
 from pydreamer.envs import Env, env_id_list, make_env
 from pydreamer.episodes import EpisodeChunker, EpisodeFile, first_row, next_row, resume_point, save_episode
+from pydreamer.launching.processes import stop_requested
 from pydreamer.network_policy import NetworkPolicy
 from pydreamer.policies import make_policy
-from pydreamer.launching.processes import stop_requested
 from pydreamer.tracking import MetricsLogger
 
 log = logging.getLogger(__name__)

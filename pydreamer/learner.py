@@ -24,9 +24,9 @@ from pydreamer.config import Config
 from pydreamer.data import BatchStream, EpisodeIndex
 from pydreamer.dreams import DreamLogger, data_env_ids
 from pydreamer.image_stats import ImageFloor, changed_pixels, object_pixels, pixel_accuracy
+from pydreamer.launching.processes import StageError, stop_requested
 from pydreamer.models.dreamer import Dreamer
 from pydreamer.preprocess import preprocess
-from pydreamer.launching.processes import StageError, stop_requested
 from pydreamer.tracking import MetricsLogger, client
 from pydreamer.train_step import init_optimizers, train_step
 

@@ -21,9 +21,9 @@ import train_wm_only
 from pydreamer import tracking
 from pydreamer.artifacts import ArtifactFolder
 from pydreamer.checkpoint import FORMAT_VERSION
-from pydreamer.launching.cli import run_cli
 from pydreamer.config import PROJECT_ROOT, build_config
 from pydreamer.data import EpisodeIndex
+from pydreamer.launching.cli import run_cli
 
 LAUNCHERS = {'launch': launch, 'generator_multi_env': launch_generator_multi_env,
              'wm_training': launch_wm_training, 'finetuning': launch_finetuning}

@@ -20,8 +20,8 @@ from dqn.train_agents import (PROJECT_ROOT, ReplayBuffer, TrainConfig, game_modu
                               td_loss, td_target, train)
 from pydreamer import tracking
 from pydreamer.checkpoint import CheckpointError as RunCheckpointError
-from pydreamer.launching.cli import run_cli
 from pydreamer.config import build_config
+from pydreamer.launching.cli import run_cli
 from pydreamer.policies import make_policy
 
 torch.set_num_threads(1)

@@ -14,10 +14,10 @@ from atari_net.checkpoint import save_atari_net
 from dqn.networks import ConvQNetwork
 from pydreamer import tracking
 from pydreamer.checkpoint import RunCheckpoints, read_checkpoint, save_checkpoint
-from pydreamer.launching.cli import run_cli
 from pydreamer.config import build_config
 from pydreamer.envs import make_env
 from pydreamer.evaluation import read_source
+from pydreamer.launching.cli import run_cli
 from pydreamer.models.dreamer import Dreamer
 from pydreamer.preprocess import preprocess
 from pydreamer.train_step import init_optimizers, train_step

@@ -26,16 +26,16 @@ from pydreamer import generator, learner, tracking
 from pydreamer.artifacts import ArtifactFolder
 from pydreamer.checkpoint import (RunCheckpoints, UnreadableCheckpoint, read_checkpoint, read_newest,
                                   save_checkpoint)
-from pydreamer.launching.cli import run_cli
 from pydreamer.config import build_config
 from pydreamer.data import BatchStream, EpisodeIndex
 from pydreamer.episodes import save_episode
+from pydreamer.launching.cli import run_cli
+from pydreamer.launching.processes import StageError, disk_full_error
+from pydreamer.launching.stage import check_resume
 from pydreamer.models.dreamer import Dreamer
 from pydreamer.network_policy import NetworkPolicy
 from pydreamer.preprocess import preprocess
 from pydreamer.pretrained import load_pretrained
-from pydreamer.launching.processes import StageError, disk_full_error
-from pydreamer.launching.stage import check_resume
 from pydreamer.train_step import init_optimizers, train_step
 
 DEBUG = ['defaults', 'minatar', 'debug']

@@ -8,12 +8,12 @@ import pytest
 
 import launch
 from pydreamer import generator, tracking
-from pydreamer.launching import processes
 from pydreamer.artifacts import ArtifactFolder
-from pydreamer.launching.cli import run_cli
 from pydreamer.config import PROJECT_ROOT, build_config
 from pydreamer.envs import make_env
 from pydreamer.episodes import EpisodeChunker, load_episode, save_episode
+from pydreamer.launching import processes
+from pydreamer.launching.cli import run_cli
 from pydreamer.policies import RandomPolicy
 
 

@@ -9,8 +9,8 @@ import launch
 import launch_finetuning
 import launch_generator_multi_env
 import launch_wm_training
-from pydreamer.launching.cli import run_cli
 from pydreamer.config import PROJECT_ROOT, key_docs
+from pydreamer.launching.cli import run_cli
 
 LAUNCHERS = {'launch': launch, 'launch_finetuning': launch_finetuning,
              'launch_generator_multi_env': launch_generator_multi_env, 'launch_wm_training': launch_wm_training}

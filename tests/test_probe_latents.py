@@ -12,9 +12,9 @@ import torch
 from experiments import probe_latents
 from pydreamer import probes, tracking
 from pydreamer.checkpoint import save_checkpoint
-from pydreamer.launching.cli import run_cli
 from pydreamer.config import build_config
 from pydreamer.envs import MINATAR_GAMES, make_env
+from pydreamer.launching.cli import run_cli
 from pydreamer.models.dreamer import Dreamer
 from pydreamer.train_step import init_optimizers
 

@@ -10,8 +10,8 @@ from typing import Callable, Mapping
 from pydreamer.checkpoint import RunCheckpoints
 from pydreamer.config import Config, ConfigError
 from pydreamer.envs import env_id_list, game_name, make_env
-from pydreamer.policies import check_policy_source
 from pydreamer.launching.processes import USER_ERROR_EXIT, Child, assign_threads, run_children
+from pydreamer.policies import check_policy_source
 from pydreamer.tracking import end_run, get_run, setup_tracking, start_run
 
 log = logging.getLogger(__name__)
