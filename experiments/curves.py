@@ -22,17 +22,26 @@ def history(run_id: str, key: str) -> dict[int, list[float]]:
 GAP_MINUTES = 10  # a pause this long between logged episodes means the run was stopped and resumed
 
 
-def episodes(run_id: str, gap_minutes: float = GAP_MINUTES) -> np.ndarray:
+def episodes(run_id: str, gap_minutes: float = GAP_MINUTES,
+             pauses: list[tuple[float, float]] | None = None) -> np.ndarray:
     """(N, 4) rows of (learner step, env steps, return, wall minutes), one per logged episode;
     episodes of the prefill policy (no `agent/policy_learner_step`) sit at learner step 0. Wall
-    minutes count from the first episode and leave out the pauses (no episode for `gap_minutes`)
-    of a run resumed in pieces or paused."""
+    minutes count from the first episode and leave out the pauses: the given (start, end) epoch
+    seconds (e.g. a run's processes stopped with SIGSTOP), or else every stretch of `gap_minutes`
+    without an episode (a run resumed in pieces)."""
     metrics = sorted(client().get_metric_history(run_id, 'agent/return'), key=lambda m: (m.step, m.timestamp))
     learner_steps = history(run_id, 'agent/policy_learner_step')
     minutes = np.array([m.timestamp for m in metrics], dtype=float) / 60_000
-    gaps = np.diff(np.sort(minutes), prepend=minutes.min() if len(minutes) else 0)
-    active = np.cumsum(np.where(gaps > gap_minutes, 0, gaps))
-    wall = active[np.argsort(np.argsort(minutes, kind='stable'), kind='stable')] if len(minutes) else minutes
+    if pauses is not None and len(minutes):
+        start = minutes.min()
+        paused = [np.clip(minutes, a / 60, b / 60) - np.clip(start, a / 60, b / 60) for a, b in pauses]
+        wall = minutes - start - np.sum(paused, axis=0) if paused else minutes - start
+    elif len(minutes):
+        gaps = np.diff(np.sort(minutes), prepend=minutes.min())
+        active = np.cumsum(np.where(gaps > gap_minutes, 0, gaps))
+        wall = active[np.argsort(np.argsort(minutes, kind='stable'), kind='stable')]
+    else:
+        wall = minutes
     rows = [(learner_steps.get(m.step, [0.0])[0], m.step, m.value, w) for m, w in zip(metrics, wall)]
     return np.array(rows, dtype=float).reshape(-1, 4)
 

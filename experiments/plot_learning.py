@@ -50,6 +50,14 @@ def curve(data: np.ndarray, column: int, bins: int, run: str) -> list[dict]:
             for i, (lo, hi, m) in enumerate(zip(edges[:-1], edges[1:], means)) if not np.isnan(m)]
 
 
+def read_pauses(path: str) -> list[tuple[float, float]]:
+    """(stop, cont) epoch seconds from a file of 'stop <s>' / 'cont <s>' lines."""
+    words = [line.split()[:2] for line in Path(path).read_text().splitlines() if line.strip()]
+    stops = [float(t) for kind, t in words if kind == 'stop']
+    conts = [float(t) for kind, t in words if kind == 'cont']
+    return list(zip(stops, conts))
+
+
 def read_curves(path: Path) -> list[dict]:
     """The binned rows of a `learning_<name>.csv` written by this script."""
     import csv
@@ -87,6 +95,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument('--bins', type=int, default=12)
     parser.add_argument('--gap-minutes', type=float, default=GAP_MINUTES,
                         help='a stretch this long without an episode is a pause, left out of the wall-clock minutes')
+    parser.add_argument('--pauses', default=None,
+                        help="a file of 'stop <epoch s>' and 'cont <epoch s>' lines: the times the runs' processes were "
+                             'stopped (SIGSTOP) and continued, left out of the wall-clock minutes instead of --gap-minutes')
     parser.add_argument('--csv', nargs='*', default=[], help='earlier learning_<name>.csv files to draw beside the runs')
     args = parser.parse_args(argv)
     setup_tracking()
@@ -94,7 +105,7 @@ def main(argv: list[str]) -> None:
     data, rows = {}, []
     for run in runs:
         label = run.info.run_name or run.info.run_id
-        data[label] = episodes(run.info.run_id, args.gap_minutes)
+        data[label] = episodes(run.info.run_id, args.gap_minutes, read_pauses(args.pauses) if args.pauses else None)
         if not len(data[label]):
             raise SystemExit(f'Run {run.info.run_id} has no agent/return metrics yet.')
         rows += [r for _, column, _ in AXES for r in curve(data[label], column, args.bins, label)]
