@@ -81,14 +81,15 @@ def test_killed_learner_stops_the_rate_limited_job_and_resumes_from_its_checkpoi
                                 cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 300  # generous: the three processes start slowly on a busy 2-core machine
-        step = None
-        while time.time() < deadline and not step:
+        step, loaded = None, False
+        while time.time() < deadline and not (step and loaded):  # a checkpoint that the generator plays
             time.sleep(2)
             runs = tracking.client().search_runs(
                 [e.experiment_id for e in tracking.client().search_experiments()])
             if runs:
                 step = _checkpoint_step(runs[0].info.run_id, tmp_path)
-        assert step, 'no checkpoint appeared within 300 s'
+            loaded = 'loaded the checkpoint of learner step' in log_path.read_text()
+        assert step and loaded, 'no checkpoint appeared and was played within 300 s'
         learner_pid = int(re.search(r'Started learner \(pid (\d+)', log_path.read_text())[1])
         os.kill(learner_pid, signal.SIGKILL)
         assert proc.wait(timeout=120) == 1
